@@ -1,0 +1,3 @@
+from isorobust.cli import main
+
+main()

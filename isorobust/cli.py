@@ -1,0 +1,119 @@
+"""``isorobust <command> [hydra overrides]``: a thin layer that picks a Hydra app and reports errors.
+
+Every failure the user can fix is one line on stderr and a non-zero exit, never a traceback.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from isorobust.errors import IsorobustError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# An editable install / source checkout reads ./configs; a wheel carries them inside the package.
+_SOURCE_CONFIGS = PACKAGE_DIR.parent / "configs"
+CONFIG_DIR = _SOURCE_CONFIGS if _SOURCE_CONFIGS.is_dir() else PACKAGE_DIR / "configs"
+GROUPS = ("dataset", "model", "trainer", "reg", "attack")
+
+USAGE = """usage: isorobust <command> [overrides...]
+
+commands:
+  train     train -> evaluate -> attack one configuration (Hydra app; -m for sweeps)
+  attack    re-attack a saved run: isorobust attack run=<run dir> [attack=pgd] [eval.epsilons=[...]]
+
+Each command takes Hydra overrides and --help, --cfg job, -m (multirun), hydra.run.dir=...
+"""
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"isorobust: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def check_group_overrides(args: list[str]) -> None:
+    """Unknown config-group options, caught before Hydra prints a page about its search path."""
+    for arg in args:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        key, value = arg.split("=", 1)
+        group = key.lstrip("+~")
+        if group not in GROUPS or "(" in value or "$" in value or arg.startswith("~"):
+            continue
+        names = [n.strip() for n in value.strip("[]").split(",") if n.strip() and n.strip() != "null"]
+        known = group_options(group)
+        for name in names:
+            if name not in known:
+                fail(f"unknown {group} {name!r} (choose from: {', '.join(known)})")
+
+
+def find_user_error(exc: BaseException | None) -> IsorobustError | None:
+    """The IsorobustError behind ``exc`` (hydra.utils.instantiate wraps what a target raises)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, IsorobustError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def hydra_app(config_name: str, job: Callable[[Any, Path], Any]) -> Callable[[], Any]:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
+    def app(cfg: Any) -> Any:
+        try:
+            return job(cfg, Path(HydraConfig.get().runtime.output_dir))
+        except Exception as exc:
+            user_error = find_user_error(exc)
+            if user_error is None:
+                raise
+            fail(str(user_error))
+
+    return app
+
+
+COMMANDS = ("train", "attack")
+
+
+def pipeline_job(name: str) -> Callable[[Any, Path], Any]:
+    def job(cfg: Any, out_dir: Path) -> Any:
+        from isorobust import pipeline  # imported here: torch costs seconds, --help should not
+
+        return getattr(pipeline, name)(cfg, out_dir)
+
+    return job
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    # SIGTERM unwinds like Ctrl-C, so temporary files are removed and nothing half-written stays.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        raise SystemExit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        fail(f"unknown command {command!r} (choose from: {', '.join(COMMANDS)})")
+    check_group_overrides(rest)
+    signal.signal(signal.SIGTERM, _terminate)
+    sys.argv = [f"isorobust-{command}", *rest]
+    try:
+        hydra_app(command, pipeline_job(command))()
+    except KeyboardInterrupt:
+        fail("interrupted; results of the unfinished job were not written", code=130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Checks on a composed configuration, gathered into one message before any work starts."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from isorobust.errors import ConfigError
+
+
+def _get(cfg: DictConfig, dotted: str) -> Any:
+    node: Any = cfg
+    for key in dotted.split("."):
+        if not isinstance(node, DictConfig) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("trainer.epochs", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("trainer.batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("trainer.lr", lambda v: _is_number(v) and v > 0, "> 0"),
+    ("reg.weight", lambda v: _is_number(v) and v >= 0, ">= 0"),
+    ("reg.scale", lambda v: _is_number(v) and v > 0, "> 0"),
+    ("reg.layer", lambda v: isinstance(v, int), "an integer"),
+    ("model.width", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("model.depth", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    ("dataset.train_size", lambda v: isinstance(v, int) and v >= 1, "null or an integer >= 1"),
+    ("dataset.test_size", lambda v: isinstance(v, int) and v >= 1, "null or an integer >= 1"),
+    ("eval.n_samples", lambda v: isinstance(v, int) and v >= 1, "null or an integer >= 1"),
+    ("eval.batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("seed", lambda v: isinstance(v, int), "an integer"),
+]
+
+
+def validate(cfg: DictConfig, required: tuple[str, ...] = ()) -> None:
+    """Raise one ConfigError listing every bad value (keys absent from ``cfg`` are skipped)."""
+    problems = []
+    for key, ok, want in RULES:
+        value = _get(cfg, key)
+        if value is None:
+            if key in required:
+                problems.append(f"{key} must be {want} (got null)")
+            continue
+        if not ok(value):
+            problems.append(f"{key} must be {want} (got {value!r})")
+    epsilons = _get(cfg, "eval.epsilons")
+    if epsilons is not None:
+        if not list(epsilons):
+            problems.append("eval.epsilons must not be empty")
+        bad = [e for e in epsilons if not _is_number(e) or not 0 <= e <= 1]
+        if bad:
+            problems.append(f"eval.epsilons must lie in [0, 1] for inputs in [0, 1] (got {', '.join(map(str, bad))})")
+    for name, attack in (_get(cfg, "attack") or {}).items():
+        steps = _get(attack, "steps") if isinstance(attack, DictConfig) else None
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            problems.append(f"attack.{name}.steps must be an integer >= 1 (got {steps!r})")
+    device = _get(cfg, "device")
+    if device is not None and device != "auto":
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError):
+            problems.append(f"device must be auto, cpu, cuda, cuda:N or mps (got {device!r})")
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available here (use device=auto or cpu)")
+    return device
+
+
+def sorted_epsilons(epsilons: Any) -> list[float]:
+    return sorted({float(e) for e in epsilons})

@@ -1,0 +1,165 @@
+"""train → evaluate → attack, and re-attack a saved run: the steps behind the CLI commands."""
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from isorobust import io
+from isorobust.config import resolve_device, sorted_epsilons, validate
+from isorobust.errors import ConfigError, IsorobustError
+from isorobust.evaluation.attacks import FoolboxAttack
+from isorobust.evaluation.clean import clean_metrics
+from isorobust.evaluation.robustness import markdown_table, robustness_table
+
+log = logging.getLogger(__name__)
+
+RESULT_FILES = ("metrics.json", "robustness.csv", "robustness.md")
+
+
+def build_attacks(attack_cfg: Mapping[str, Any]) -> dict[str, FoolboxAttack]:
+    if not attack_cfg:
+        raise ConfigError("no attack selected (use attack=fgsm, attack=pgd or attack=[fgsm,pgd])")
+    return {name: instantiate(c, name=name) for name, c in attack_cfg.items()}
+
+
+def run_meta(cfg: DictConfig) -> dict[str, Any]:
+    reg = cfg.get("reg")
+    return {
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "reg": reg.name if reg is not None else "none",
+        "reg_weight": float(reg.weight) if reg is not None else 0.0,
+        "reg_scale": float(reg.scale) if reg is not None else 0.0,
+        "seed": int(cfg.seed),
+    }
+
+
+def write_tables(run_dir: Path, table: pd.DataFrame, attacks: Mapping[str, FoolboxAttack]) -> str:
+    markdown = markdown_table(table, attacks)
+    io.write_csv(run_dir / "robustness.csv", table)
+    io.write_text(run_dir / "robustness.md", markdown)
+    return markdown
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """The ``isorobust train`` job: returns the metrics it writes to ``metrics.json``."""
+    validate(cfg)
+    t_start = time.perf_counter()
+    # Results of an earlier attempt in this directory would look complete; they go first.
+    for name in RESULT_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = instantiate(cfg.dataset).to(device)
+    model = instantiate(cfg.model, input_shape=data.input_shape, num_classes=data.num_classes).to(device)
+    regularizer = instantiate(cfg.reg) if cfg.get("reg") is not None else None
+    if regularizer is not None and not -model.num_hidden <= regularizer.layer < model.num_hidden:
+        raise ConfigError(f"reg.layer must be in [{-model.num_hidden}, {model.num_hidden - 1}] (got {regularizer.layer})")
+    attacks = build_attacks(cfg.attack)
+    epsilons = sorted_epsilons(cfg.eval.epsilons)
+    trainer = instantiate(cfg.trainer)
+    log.info("data %s: %d train / %d test on %s", data.name, len(data.train), len(data.test), device)
+
+    t0 = time.perf_counter()
+    history = trainer.fit(model, data, regularizer, seed=cfg.seed, run_dir=run_dir)
+    train_s = time.perf_counter() - t0
+    io.save_torch(run_dir / "model.pt", io.model_checkpoint(model))
+
+    t0 = time.perf_counter()
+    monitor_scale = regularizer.scale if regularizer is not None else 10.0
+    monitor_layer = regularizer.layer if regularizer is not None else -1
+    test = clean_metrics(model, data.test, trainer.batch_size, monitor_scale, monitor_layer)
+    eval_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    table = robustness_table(
+        model, data.test, attacks, epsilons, cfg.eval.n_samples, cfg.eval.batch_size, cfg.seed, run_meta(cfg)
+    )
+    attack_s = time.perf_counter() - t0
+    markdown = write_tables(run_dir, table, attacks)
+
+    metrics = {
+        **run_meta(cfg),
+        "clean_accuracy": test["accuracy"],
+        "test_cross_entropy": test["cross_entropy"],
+        "test_isometric_loss": test["isometric_loss"],
+        "isometric_loss_scale": monitor_scale,
+        "isometric_loss_layer": monitor_layer,
+        "train_cross_entropy": history[-1]["train_cross_entropy"],
+        "train_isometric_loss": history[-1]["train_isometric_loss"],
+        "n_train": len(data.train),
+        "n_test": len(data.test),
+        "history": history,
+        "seconds": {
+            "train": train_s, "evaluate": eval_s, "attack": attack_s,
+            "total": time.perf_counter() - t_start,
+        },
+        "environment": environment(device),
+    }
+    # Written last: a run directory with metrics.json is a complete run.
+    io.write_json(run_dir / "metrics.json", metrics)
+    print(markdown, flush=True)
+    return metrics
+
+
+def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
+    """The ``isorobust attack`` job: re-attack the model saved in ``cfg.run``."""
+    run_dir = Path(str(cfg.run)).expanduser()
+    if not run_dir.is_dir():
+        raise IsorobustError(f"run directory {run_dir} not found")
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise IsorobustError(f"{run_dir} is not an isorobust run directory (no .hydra/config.yaml)")
+    try:
+        run_cfg = OmegaConf.load(saved)
+    except Exception as exc:
+        raise IsorobustError(f"cannot read {saved}: {str(exc).splitlines()[0]}") from None
+    model = io.load_model(run_dir / "model.pt")
+
+    # Everything left unset (null) on the command line comes from the training run.
+    merged = OmegaConf.merge(run_cfg, {"eval": {k: v for k, v in cfg.eval.items() if v is not None}})
+    if cfg.get("seed") is not None:
+        merged.seed = cfg.seed
+    if cfg.get("attack"):
+        merged.attack = cfg.attack
+    merged.device = cfg.device
+    validate(merged)
+    device = resolve_device(merged.device)
+    attacks = build_attacks(merged.attack)
+    data = instantiate(merged.dataset).to(device)
+    model = model.to(device)
+
+    t0 = time.perf_counter()
+    table = robustness_table(
+        model, data.test, attacks, sorted_epsilons(merged.eval.epsilons), merged.eval.n_samples,
+        merged.eval.batch_size, merged.seed, run_meta(merged),
+    )
+    markdown = write_tables(out_dir, table, attacks)
+    io.write_json(out_dir / "attack.json", {
+        "run": str(run_dir.resolve()),
+        "attacks": list(attacks),
+        "epsilons": sorted_epsilons(merged.eval.epsilons),
+        "seconds": time.perf_counter() - t0,
+        "environment": environment(device),
+    })
+    print(markdown, flush=True)
+    return table
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    return {
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }

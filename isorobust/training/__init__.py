@@ -1,0 +1,3 @@
+from isorobust.training.standard import StandardTrainer, TrainingDiverged
+
+__all__ = ["StandardTrainer", "TrainingDiverged"]

@@ -1,0 +1,149 @@
+"""The training loop: cross-entropy plus an optional regularizer, Adam, shuffled minibatches."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from isorobust import io
+from isorobust.data import ImageDataset
+from isorobust.errors import IsorobustError
+from isorobust.evaluation.clean import clean_metrics
+from isorobust.models import MLP
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class Regularizer(Protocol):
+    name: str
+    weight: float
+    scale: float
+    layer: int
+
+    def __call__(self, x: Tensor, features: list[Tensor], y: Tensor) -> Tensor: ...
+
+
+class TrainingDiverged(IsorobustError):
+    pass
+
+
+@dataclass
+class StandardTrainer:
+    """Adam on CE (+ β·regularizer), one shuffled pass over the training set per epoch.
+
+    Writes ``checkpoint.pt`` (model, optimizer, shuffling RNG, history) after every epoch, so
+    ``resume=True`` continues an interrupted run to the same numbers as an uninterrupted one.
+    """
+
+    epochs: int = 5
+    batch_size: int = 100
+    lr: float = 1e-3
+    resume: bool = False
+    name: str = "standard"
+    progress: bool | None = None  # None: a bar on a terminal only
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def fit(
+        self,
+        model: MLP,
+        data: ImageDataset,
+        regularizer: Regularizer | None,
+        seed: int,
+        run_dir: Path,
+        monitor_scale: float = 10.0,
+        monitor_layer: int = -1,
+    ) -> list[dict[str, Any]]:
+        train = data.train
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
+        shuffle = torch.Generator().manual_seed(seed)
+        start_epoch = 0
+        ckpt_path = run_dir / CHECKPOINT_NAME
+        if self.resume and ckpt_path.exists():
+            start_epoch = self._restore(ckpt_path, model, optimizer, shuffle)
+            log.info("resumed from %s after epoch %d", ckpt_path, start_epoch)
+
+        n = len(train)
+        n_batches = math.ceil(n / self.batch_size)
+        for epoch in range(start_epoch, self.epochs):
+            model.train()
+            t0 = time.perf_counter()
+            order = torch.randperm(n, generator=shuffle).to(train.x.device)
+            ce_sum, reg_sum = 0.0, 0.0
+            bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
+                       disable=None if self.progress is None else not self.progress)
+            for b in bar:
+                idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+                x, y = train.x[idx], train.y[idx]
+                logits, features = model.forward_features(x)
+                ce = F.cross_entropy(logits, y)
+                loss = ce
+                if regularizer is not None:
+                    reg = regularizer(x, features, y)
+                    loss = ce + regularizer.weight * reg
+                    reg_sum += reg.item()
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(
+                        f"loss is {loss_value} at epoch {epoch + 1}, batch {b + 1}/{n_batches}; "
+                        f"likely cause: reg.weight or trainer.lr too large"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                ce_sum += ce.item()
+                if b % 50 == 0:
+                    bar.set_postfix(ce=f"{ce_sum / (b + 1):.3f}", iso=f"{reg_sum / (b + 1):.3f}")
+            bar.close()
+            test = clean_metrics(
+                model,
+                data.test,
+                self.batch_size,
+                regularizer.scale if regularizer is not None else monitor_scale,
+                regularizer.layer if regularizer is not None else monitor_layer,
+            )
+            record = {
+                "epoch": epoch + 1,
+                "train_cross_entropy": ce_sum / n_batches,
+                "train_isometric_loss": reg_sum / n_batches if regularizer is not None else None,
+                "test_accuracy": test["accuracy"],
+                "test_cross_entropy": test["cross_entropy"],
+                "test_isometric_loss": test["isometric_loss"],
+                "seconds": time.perf_counter() - t0,
+            }
+            self.history.append(record)
+            log.info(
+                "epoch %d/%d  train CE %.4f  iso %s  test acc %.4f  (%.1fs)",
+                epoch + 1, self.epochs, record["train_cross_entropy"],
+                "-" if record["train_isometric_loss"] is None else f"{record['train_isometric_loss']:.4f}",
+                record["test_accuracy"], record["seconds"],
+            )
+            io.save_torch(ckpt_path, {
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "shuffle_rng": shuffle.get_state(),
+                "history": self.history,
+            })
+        model.eval()
+        return self.history
+
+    def _restore(self, path: Path, model: MLP, optimizer: torch.optim.Optimizer, shuffle: torch.Generator) -> int:
+        state = io.load_torch(path)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            shuffle.set_state(state["shuffle_rng"])
+            self.history = list(state["history"])
+            return int(state["epoch"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise io.CheckpointError(f"cannot resume from {path}: {str(exc).splitlines()[0]}") from None

@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from isorobust import isometric_loss
+from isorobust.losses import IsometricRegularizer, isometric_loss_reference, pairwise_distances
+
+
+def test_hand_computed_case():
+    # same-class pair (0,1): |x0-x1| = 5, |z0-z1| = 1, scale 2 -> (2*1 - 5)^2 = 9, counted as (0,1) and (1,0);
+    # sample 2 is alone in its class. Mean over all 3x3 pairs: 18 / 9 = 2.
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0]])
+    z = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]])
+    y = torch.tensor([0, 0, 1])
+    assert isometric_loss(x, z, y, scale=2.0).item() == pytest.approx(2.0, abs=1e-6)
+    # with scale 1: (1 - 5)^2 * 2 / 9
+    assert isometric_loss(x, z, y).item() == pytest.approx(32 / 9, abs=1e-6)
+
+
+def test_zero_for_exact_scaled_isometry_within_classes():
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 4, 4)
+    y = torch.randint(0, 3, (32,))
+    q, _ = torch.linalg.qr(torch.randn(16, 16, dtype=torch.float64))
+    K = 4.0
+    # z = rotation of x, shrunk by K: every distance is exactly |x_i - x_j| / K
+    z = (x.reshape(32, -1).double() @ q / K).float()
+    assert isometric_loss(x, z, y, scale=K).item() == pytest.approx(0.0, abs=1e-9)
+    assert isometric_loss(x, z, y, scale=2 * K).item() > 0.1
+
+
+def test_cross_class_pairs_never_contribute():
+    torch.manual_seed(1)
+    x = torch.rand(20, 10)
+    y = torch.tensor([0] * 10 + [1] * 10)
+    z = torch.rand(20, 5)
+    base = isometric_loss(x, z, y, scale=3.0)
+    moved = z.clone()
+    moved[10:] += 100.0  # class 1 far away: only cross-class distances change
+    assert isometric_loss(x, moved, y, scale=3.0).item() == pytest.approx(base.item(), rel=1e-5)
+    # all labels distinct: no same-class pairs except i=j -> exactly zero
+    assert isometric_loss(x, z, torch.arange(20), scale=3.0).item() == 0.0
+
+
+def test_mean_is_over_all_pairs_not_same_class_pairs():
+    x = torch.tensor([[0.0], [1.0], [5.0], [9.0]])
+    z = torch.zeros(4, 1)
+    y = torch.tensor([0, 0, 1, 2])
+    # only (0,1),(1,0) contribute 1 each; divided by 16 pairs
+    assert isometric_loss(x, z, y).item() == pytest.approx(2 / 16)
+
+
+def test_gradient_is_finite_with_zero_distances():
+    x = torch.rand(6, 8)
+    x[3] = x[2]  # duplicate input
+    z = torch.rand(6, 4)
+    z[1] = z[0]  # duplicate representation
+    z.requires_grad_(True)
+    x.requires_grad_(True)
+    y = torch.tensor([0, 0, 1, 1, 0, 1])
+    isometric_loss(x, z, y, scale=10.0).backward()
+    assert torch.isfinite(z.grad).all() and torch.isfinite(x.grad).all()
+    assert z.grad.abs().sum() > 0
+
+
+def test_gradient_matches_finite_differences():
+    torch.manual_seed(2)
+    x = torch.rand(7, 5, dtype=torch.float64)
+    z = torch.rand(7, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 0, 1, 0, 2, 2])
+    assert torch.autograd.gradcheck(lambda zz: isometric_loss(x, zz, y, scale=2.5), (z,))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_matches_straightforward_formula(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(100, 1, 28, 28, generator=g)
+    z = torch.tanh(torch.randn(100, 100, generator=g))
+    y = torch.randint(0, 10, (100,), generator=g)
+    fast = isometric_loss(x, z, y, scale=10.0)
+    ref = isometric_loss_reference(x, z, y, scale=10.0)
+    assert abs(fast.item() - ref.item()) <= 1e-6 * max(1.0, abs(ref.item()))
+
+
+def test_pairwise_distances_zero_diagonal_and_symmetric():
+    a = torch.rand(10, 3) * 100
+    d = pairwise_distances(a)
+    assert torch.all(d.diagonal() == 0)
+    assert torch.allclose(d, d.T)
+    assert torch.allclose(d, torch.cdist(a, a, compute_mode="donot_use_mm_for_euclid_dist"), atol=1e-3)
+
+
+def test_batch_size_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        isometric_loss(torch.rand(4, 2), torch.rand(3, 2), torch.zeros(4, dtype=torch.long))
+
+
+def test_regularizer_uses_configured_layer():
+    x = torch.rand(8, 4)
+    y = torch.randint(0, 2, (8,))
+    feats = [torch.rand(8, 3), torch.rand(8, 3)]
+    reg = IsometricRegularizer(weight=0.1, scale=2.0, layer=0)
+    assert reg(x, feats, y).item() == pytest.approx(isometric_loss(x, feats[0], y, scale=2.0).item())
