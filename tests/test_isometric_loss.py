@@ -30,15 +30,15 @@ def test_zero_for_exact_scaled_isometry_within_classes():
 
 def test_cross_class_pairs_never_contribute():
     torch.manual_seed(1)
-    x = torch.rand(20, 10)
-    y = torch.tensor([0] * 10 + [1] * 10)
-    z = torch.rand(20, 5)
+    x = torch.rand(40, 10, dtype=torch.float64)
+    y = torch.tensor([0] * 20 + [1] * 20)
+    z = torch.rand(40, 5, dtype=torch.float64)
     base = isometric_loss(x, z, y, scale=3.0)
     moved = z.clone()
-    moved[10:] += 100.0  # class 1 far away: only cross-class distances change
-    assert isometric_loss(x, moved, y, scale=3.0).item() == pytest.approx(base.item(), rel=1e-5)
+    moved[20:] += 100.0  # class 1 far away: only cross-class distances change
+    assert isometric_loss(x, moved, y, scale=3.0).item() == pytest.approx(base.item(), rel=1e-9)
     # all labels distinct: no same-class pairs except i=j -> exactly zero
-    assert isometric_loss(x, z, torch.arange(20), scale=3.0).item() == 0.0
+    assert isometric_loss(x, z, torch.arange(40), scale=3.0).item() == 0.0
 
 
 def test_mean_is_over_all_pairs_not_same_class_pairs():

@@ -37,6 +37,15 @@ class TrainingDiverged(IsorobustError):
     pass
 
 
+def make_adam(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel where this torch has it for the device (same update, one kernel
+    instead of a dozen per parameter: the optimizer step was the largest cost of a CPU step)."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+
 @dataclass
 class StandardTrainer:
     """Adam on CE (+ β·regularizer), one shuffled pass over the training set per epoch.
@@ -64,7 +73,7 @@ class StandardTrainer:
         monitor_layer: int = -1,
     ) -> list[dict[str, Any]]:
         train = data.train
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
+        optimizer = make_adam(model, self.lr)
         shuffle = torch.Generator().manual_seed(seed)
         start_epoch = 0
         ckpt_path = run_dir / CHECKPOINT_NAME
