@@ -16,15 +16,16 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # An editable install / source checkout reads ./configs; a wheel carries them inside the package.
 _SOURCE_CONFIGS = PACKAGE_DIR.parent / "configs"
 CONFIG_DIR = _SOURCE_CONFIGS if _SOURCE_CONFIGS.is_dir() else PACKAGE_DIR / "configs"
-GROUPS = ("dataset", "model", "trainer", "reg", "attack")
+GROUPS = ("dataset", "model", "trainer", "reg", "attack", "hierarchy")
 
 USAGE = """usage: isorobust <command> [overrides...]
 
 commands:
   train     train -> evaluate -> attack one configuration (Hydra app; -m for sweeps)
   attack    re-attack a saved run: isorobust attack run=<run dir> [attack=pgd] [eval.epsilons=[...]]
+  report    aggregate the runs below a folder: isorobust report outputs/multirun/<date>/<time>
 
-Each command takes Hydra overrides and --help, --cfg job, -m (multirun), hydra.run.dir=...
+train and attack take Hydra overrides and --help, --cfg job, -m (multirun), hydra.run.dir=...
 """
 
 
@@ -81,7 +82,7 @@ def hydra_app(config_name: str, job: Callable[[Any, Path], Any]) -> Callable[[],
     return app
 
 
-COMMANDS = ("train", "attack")
+COMMANDS = ("train", "attack", "report")
 
 
 def pipeline_job(name: str) -> Callable[[Any, Path], Any]:
@@ -91,6 +92,29 @@ def pipeline_job(name: str) -> Callable[[Any, Path], Any]:
         return getattr(pipeline, name)(cfg, out_dir)
 
     return job
+
+
+def report(args: list[str]) -> None:
+    """``isorobust report DIR``: not a Hydra app, it reads run directories that Hydra apps wrote."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="isorobust report",
+        description="Aggregate every run directory below DIR (recursively) over seeds and write "
+                    "DIR/summary.csv, summary.md, robustness.png and robustness.pdf. Incomplete runs "
+                    "(no metrics.json or robustness.csv) are listed and ignored.",
+    )
+    parser.add_argument("dir", type=Path, help="a sweep directory, or any folder holding run directories")
+    parser.error = fail  # type: ignore[method-assign]  # one line, like every other error
+    options = parser.parse_args(args)
+    from isorobust.sweeps.report import write_report
+
+    try:
+        result = write_report(options.dir)
+    except IsorobustError as exc:
+        fail(str(exc))
+    print(result.markdown, end="", flush=True)
+    print("wrote " + ", ".join(str(p) for p in result.files), flush=True)
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -106,6 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         fail(f"unknown command {command!r} (choose from: {', '.join(COMMANDS)})")
+    if command == "report":
+        return report(rest)
+    from isorobust.sweeps.threads import register_resolver  # for --cfg job --resolve
+
+    register_resolver()
     check_group_overrides(rest)
     signal.signal(signal.SIGTERM, _terminate)
     sys.argv = [f"isorobust-{command}", *rest]

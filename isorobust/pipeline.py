@@ -18,11 +18,16 @@ from isorobust.config import resolve_device, sorted_epsilons, validate
 from isorobust.errors import ConfigError, IsorobustError
 from isorobust.evaluation.attacks import FoolboxAttack
 from isorobust.evaluation.clean import clean_metrics
-from isorobust.evaluation.robustness import markdown_table, robustness_table
+from isorobust.evaluation.isometry import isometry_options, isometry_report
+from isorobust.hierarchy.evaluation import (
+    check_hierarchy_config, hierarchy_metrics, markdown_by_level, robustness_by_level,
+)
+from isorobust.sweeps.resume import completed_metrics, run_record
+from isorobust.sweeps.threads import apply_threads
 
 log = logging.getLogger(__name__)
 
-RESULT_FILES = ("metrics.json", "robustness.csv", "robustness.md")
+RESULT_FILES = ("metrics.json", "robustness.csv", "robustness.md", "isometry.csv", "isometry_boundary.png")
 
 
 def build_attacks(attack_cfg: Mapping[str, Any]) -> dict[str, FoolboxAttack]:
@@ -44,7 +49,7 @@ def run_meta(cfg: DictConfig) -> dict[str, Any]:
 
 
 def write_tables(run_dir: Path, table: pd.DataFrame, attacks: Mapping[str, FoolboxAttack]) -> str:
-    markdown = markdown_table(table, attacks)
+    markdown = markdown_by_level(table, attacks)  # one table per level for hierarchical models
     io.write_csv(run_dir / "robustness.csv", table)
     io.write_text(run_dir / "robustness.md", markdown)
     return markdown
@@ -53,6 +58,11 @@ def write_tables(run_dir: Path, table: pd.DataFrame, attacks: Mapping[str, Foolb
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """The ``isorobust train`` job: returns the metrics it writes to ``metrics.json``."""
     validate(cfg)
+    check_hierarchy_config(cfg)
+    if cfg.get("resume") and (done := completed_metrics(cfg, run_dir)) is not None:
+        print((run_dir / "robustness.md").read_text(), flush=True)
+        return done
+    apply_threads(cfg.get("threads"))
     t_start = time.perf_counter()
     # Results of an earlier attempt in this directory would look complete; they go first.
     for name in RESULT_FILES:
@@ -64,6 +74,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     regularizer = instantiate(cfg.reg) if cfg.get("reg") is not None else None
     if regularizer is not None and not -model.num_hidden <= regularizer.layer < model.num_hidden:
         raise ConfigError(f"reg.layer must be in [{-model.num_hidden}, {model.num_hidden - 1}] (got {regularizer.layer})")
+    iso_layers, iso_max_per_class = isometry_options(cfg.eval, model.num_hidden)
     attacks = build_attacks(cfg.attack)
     epsilons = sorted_epsilons(cfg.eval.epsilons)
     trainer = instantiate(cfg.trainer)
@@ -78,10 +89,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     monitor_scale = regularizer.scale if regularizer is not None else 10.0
     monitor_layer = regularizer.layer if regularizer is not None else -1
     test = clean_metrics(model, data.test, trainer.batch_size, monitor_scale, monitor_layer)
+    isometry = isometry_report(model, data, run_dir, iso_layers, iso_max_per_class)  # writes isometry.csv
     eval_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    table = robustness_table(
+    table = robustness_by_level(  # = robustness_table, per level for hierarchical models
         model, data.test, attacks, epsilons, cfg.eval.n_samples, cfg.eval.batch_size, cfg.seed, run_meta(cfg)
     )
     attack_s = time.perf_counter() - t0
@@ -99,11 +111,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "n_train": len(data.train),
         "n_test": len(data.test),
         "history": history,
+        "isometry": isometry,
+        **hierarchy_metrics(model, data.test, cfg.eval.batch_size),  # empty unless hierarchical
         "seconds": {
             "train": train_s, "evaluate": eval_s, "attack": attack_s,
             "total": time.perf_counter() - t_start,
         },
         "environment": environment(device),
+        **run_record(cfg),  # config (resolved) and overrides; resume=true compares against them
     }
     # Written last: a run directory with metrics.json is a complete run.
     io.write_json(run_dir / "metrics.json", metrics)
@@ -139,7 +154,7 @@ def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     model = model.to(device)
 
     t0 = time.perf_counter()
-    table = robustness_table(
+    table = robustness_by_level(  # = robustness_table, per level for hierarchical models
         model, data.test, attacks, sorted_epsilons(merged.eval.epsilons), merged.eval.n_samples,
         merged.eval.batch_size, merged.seed, run_meta(merged),
     )

@@ -93,4 +93,22 @@ def load_mnist(
     return load_idx_dataset(name, "MNIST", "MNIST", root, download, train_size, test_size)
 
 
-__all__ = ["load_mnist", "load_idx_dataset", "MNIST_FILES"]
+FASHION_MNIST_SYSTEM_FOLDER = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
+
+
+def load_fashion_mnist(
+    root: str = "data",
+    download: bool = True,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    name: str = "fashion_mnist",
+    system_folder: str | None = FASHION_MNIST_SYSTEM_FOLDER,
+) -> ImageDataset:
+    """Fashion-MNIST from ``root/FashionMNIST/raw`` (torchvision's layout), else the files of the Debian
+    package ``dataset-fashion-mnist`` (``system_folder``, the same IDX names, gzipped), else a download."""
+    extra = (system_folder,) if system_folder else ()
+    return load_idx_dataset(name, "FashionMNIST", "FashionMNIST", root, download, train_size, test_size,
+                            extra_folders=extra)
+
+
+__all__ = ["load_mnist", "load_fashion_mnist", "load_idx_dataset", "MNIST_FILES"]

@@ -1,3 +1,4 @@
 from isorobust.training.standard import StandardTrainer, TrainingDiverged
+from isorobust.training.hierarchical import HierarchicalTrainer
 
-__all__ = ["StandardTrainer", "TrainingDiverged"]
+__all__ = ["StandardTrainer", "HierarchicalTrainer", "TrainingDiverged"]

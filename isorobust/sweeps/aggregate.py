@@ -1,0 +1,234 @@
+"""Load run directories and aggregate their robustness tables over seeds (pure functions, no plotting)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from isorobust.errors import IsorobustError
+
+# metrics.json is written last by `isorobust train`; with robustness.csv beside it the run is complete.
+COMPLETE_MARKERS = ("metrics.json", "robustness.csv")
+# The columns of robustness.csv that say which configuration a row belongs to (besides the seed).
+CONFIG_COLUMNS = ["dataset", "model", "reg", "reg_weight", "reg_scale", "n_samples"]
+# Overrides that are already a column above, the seed itself, or switches that do not change results:
+# none of them makes two runs different configurations.
+NOT_A_SETTING = {
+    "seed", "reg", "reg.weight", "reg.scale", "dataset", "model", "eval.n_samples", "eval.batch_size",
+    "dataset.root", "dataset.download", "device", "threads", "resume", "trainer.resume",
+}
+SETTING = "setting"  # the remaining overrides of a run, e.g. "trainer.epochs=2"
+TEST_CLEAN = "test_clean_accuracy"  # metrics.json's clean accuracy on the whole test split
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+    missing: tuple[str, ...]  # the COMPLETE_MARKERS it lacks; empty for a complete run
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+def _natural_key(path: Path) -> list:
+    # Sweep jobs are folders 0, 1, ..., 10: sort them as numbers, not as text.
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.as_posix())]
+
+
+def _job_name(run: Path) -> str | None:
+    hydra_yaml = run / ".hydra" / "hydra.yaml"
+    if not hydra_yaml.is_file():
+        return None
+    try:
+        return ((yaml.safe_load(hydra_yaml.read_text()) or {}).get("hydra") or {}).get("job", {}).get("name")
+    except (yaml.YAMLError, OSError, AttributeError):
+        return None
+
+
+def is_run_dir(folder: Path) -> bool:
+    """A folder `isorobust train` made (or started): results or Hydra's .hydra/ record, not an attack run."""
+    if not any((folder / name).exists() for name in (*COMPLETE_MARKERS, ".hydra")):
+        return False
+    # `isorobust attack` runs also hold .hydra/ and robustness.csv; they are not training runs.
+    return not (folder / "attack.json").exists() and _job_name(folder) in (None, "train")
+
+
+def find_runs(root: Path) -> list[RunDir]:
+    """Every run directory at or below ``root``, complete or not, in natural order."""
+    runs = []
+    for folder, subdirs, _ in os.walk(root):
+        # .hydra, .submitit and other hidden folders never hold runs
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        path = Path(folder)
+        if is_run_dir(path):
+            missing = tuple(name for name in COMPLETE_MARKERS if not (path / name).is_file())
+            runs.append(RunDir(path, missing))
+    return sorted(runs, key=lambda r: _natural_key(r.path))
+
+
+def read_overrides(run: Path) -> list[str]:
+    """The command-line overrides Hydra recorded for this run (``.hydra/overrides.yaml``), or none."""
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise IsorobustError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    return [str(o) for o in loaded or []]
+
+
+def split_override(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def setting_of(overrides: list[str]) -> str:
+    """The overrides that make a configuration differ from another beyond CONFIG_COLUMNS and the seed."""
+    return " ".join(sorted(o for o in overrides if split_override(o)[0] not in NOT_A_SETTING))
+
+
+def load_run(run: Path, root: Path) -> pd.DataFrame:
+    """The rows of one complete run's robustness.csv, with its path, test-split accuracy and overrides."""
+    try:
+        table = pd.read_csv(run / "robustness.csv")
+        metrics = json.loads((run / "metrics.json").read_text())
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise IsorobustError(f"cannot read the results in {run}: {str(exc).splitlines()[0]}") from None
+    missing = [c for c in (*CONFIG_COLUMNS, "seed", "attack", "epsilon", "robust_accuracy") if c not in table]
+    if missing:
+        raise IsorobustError(f"{run / 'robustness.csv'} lacks the columns {', '.join(missing)}")
+    overrides = read_overrides(run)
+    relative = run.relative_to(root).as_posix() if run != root else "."
+    table.insert(0, "run", relative)
+    table[TEST_CLEAN] = float(metrics["clean_accuracy"]) if "clean_accuracy" in metrics else float("nan")
+    table[SETTING] = setting_of(overrides)
+    for override in overrides:
+        key, value = split_override(override)
+        table[f"override.{key}"] = value
+    return table
+
+
+def summary_frame(runs: list[RunDir], root: Path) -> pd.DataFrame:
+    """Every row of every complete run's robustness.csv (long format), plus each run's overrides as columns."""
+    frames = [load_run(r.path, root) for r in runs if r.complete]
+    if not frames:
+        raise IsorobustError(f"no complete runs below {root}")
+    frame = pd.concat(frames, ignore_index=True)
+    first = ["run", *[c for c in frame.columns if c not in ("run", SETTING) and not c.startswith("override.")]]
+    overrides = sorted(c for c in frame.columns if c.startswith("override."))
+    frame[SETTING] = frame[SETTING].fillna("")
+    return frame[[*first, SETTING, *overrides]]
+
+
+def _mean_std_n(frame: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
+    grouped = frame.groupby(keys, sort=True, dropna=False)
+    out = grouped[value].agg(mean="mean", std="std", n="count").reset_index()
+    out["seeds"] = grouped["seed"].agg(lambda s: " ".join(str(v) for v in sorted(s))).to_numpy()
+    return out
+
+
+def aggregate_robustness(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sample std (ddof=1; NaN for one run) and n of robust accuracy per configuration, attack and ε."""
+    keys = [*CONFIG_COLUMNS, SETTING, "attack", "norm", "epsilon"]
+    keys = [k for k in keys if k in summary.columns]
+    return _mean_std_n(summary, keys, "robust_accuracy")
+
+
+def aggregate_clean(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sample std and n of the clean test accuracy (metrics.json) per configuration, one value per run."""
+    per_run = summary.drop_duplicates("run")
+    return _mean_std_n(per_run, [*CONFIG_COLUMNS, SETTING], TEST_CLEAN)
+
+
+def common_overrides(configs: pd.DataFrame) -> list[str]:
+    """The setting overrides every configuration shares (said once, not in every label)."""
+    settings = [set(str(s).split()) for s in configs[SETTING]] if SETTING in configs else []
+    return sorted(set.intersection(*settings)) if settings else []
+
+
+def configuration_labels(configs: pd.DataFrame) -> list[str]:
+    """A short name per configuration row: β always, other columns only where configurations differ."""
+    def varies(column: str) -> bool:
+        return column in configs and configs[column].astype(str).nunique() > 1
+
+    common = set(common_overrides(configs))
+
+    labels = []
+    for _, row in configs.iterrows():
+        parts = ["no regularizer" if row["reg"] == "none" else f"β={row['reg_weight']:g}"]
+        if varies("reg") and row["reg"] != "none":
+            parts[0] = f"{row['reg']} {parts[0]}"
+        if varies("reg_scale") and row["reg"] != "none":
+            parts.append(f"K={row['reg_scale']:g}")
+        parts += [f"{c}={row[c]}" for c in ("dataset", "model", "n_samples") if varies(c)]
+        parts += [o for o in str(row.get(SETTING, "")).split() if o not in common]
+        labels.append(", ".join(parts))
+    return labels
+
+
+def _cell(mean: float, std: float, n: int) -> str:
+    if n > 1:
+        return f"{100 * mean:.2f} ± {100 * std:.2f} ({n})"
+    return f"{100 * mean:.2f} ({n})"
+
+
+def _table(header: list[str], rows: list[list[str]], left: int = 0) -> list[str]:
+    """A markdown table padded for a terminal; the first ``left`` columns left-aligned, numbers right."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if i < left else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    rule = [":" + "-" * (w + 1) if i < left else "-" * (w + 1) + ":" for i, w in enumerate(widths)]
+    return [line(header), "|" + "|".join(rule) + "|", *(line(r) for r in rows)]
+
+
+def summary_markdown(summary: pd.DataFrame, runs: list[RunDir], root: Path) -> str:
+    """The sweep as terminal-readable markdown: clean accuracy, then ε × configuration per attack."""
+    robust, clean = aggregate_robustness(summary), aggregate_clean(summary)
+    configs = clean[[*CONFIG_COLUMNS, SETTING]]
+    labels = configuration_labels(configs)
+    key = lambda row: tuple(row[c] for c in (*CONFIG_COLUMNS, SETTING))  # noqa: E731
+    label_of = {key(row): label for (_, row), label in zip(configs.iterrows(), labels)}
+    complete = [r for r in runs if r.complete]
+    incomplete = [r for r in runs if not r.complete]
+    lines = [
+        f"# Sweep summary: {root}",
+        "",
+        f"Dataset {', '.join(map(str, summary['dataset'].unique()))}, model {', '.join(map(str, summary['model'].unique()))}; "
+        f"{len(complete)} complete run(s), {len(incomplete)} incomplete (ignored).",
+        "Accuracy in %: mean ± sample std (ddof=1) over seeds, (n) = number of runs.",
+        *([f"Overrides shared by all runs: {' '.join(common_overrides(configs))}"] if common_overrides(configs) else []),
+        "",
+        "## Clean accuracy (whole test split)",
+        "",
+    ]
+    rows = [[label_of[key(r)], _cell(r["mean"], r["std"], r["n"]), r["seeds"]] for _, r in clean.iterrows()]
+    lines += _table(["configuration", "clean accuracy", "seeds"], rows, left=1)
+    for attack in dict.fromkeys(summary["attack"]):
+        part = robust[robust["attack"] == attack]
+        norm = part["norm"].iloc[0] if "norm" in part else ""
+        n_samples = ", ".join(str(n) for n in sorted(part["n_samples"].unique()))
+        columns = [c for c in label_of if c in {key(r) for _, r in part.iterrows()}]
+        rows = []
+        for eps, at_eps in part.groupby("epsilon", sort=True):
+            cells = {key(r): _cell(r["mean"], r["std"], r["n"]) for _, r in at_eps.iterrows()}
+            rows.append([f"{eps:.4g}", *(cells.get(c, "–") for c in columns)])
+        lines += ["", f"## {attack} ({norm}): robust accuracy on {n_samples} test samples", ""]
+        lines += _table(["ε", *(label_of[c] for c in columns)], rows)
+    duplicated = clean[clean["seeds"].str.split().map(lambda s: len(s) != len(set(s)))]
+    if not duplicated.empty:
+        lines += ["", "Note: some configurations hold several runs with the same seed (merged sweeps?)."]
+    if incomplete:
+        lines += ["", "## Incomplete runs (ignored)", ""]
+        lines += [f"- {r.path.relative_to(root).as_posix() if r.path != root else '.'}: no {', '.join(r.missing)}"
+                  for r in incomplete]
+    return "\n".join(lines) + "\n"

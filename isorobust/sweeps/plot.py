@@ -1,0 +1,62 @@
+"""The sweep's figure: robust accuracy vs ε (log x), one panel per attack, one line per configuration."""
+from __future__ import annotations
+
+import io as _bytes_io
+from pathlib import Path
+
+import pandas as pd
+
+from isorobust import io
+from isorobust.sweeps.aggregate import CONFIG_COLUMNS, SETTING, aggregate_clean, aggregate_robustness, configuration_labels
+
+
+NORM_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1"}
+
+
+def robustness_figure(summary: pd.DataFrame):
+    """A matplotlib Figure (no pyplot, so no GUI backend and no global state): mean line, ±1 std band."""
+    from matplotlib.figure import Figure
+
+    robust, clean = aggregate_robustness(summary), aggregate_clean(summary)
+    configs = clean[[*CONFIG_COLUMNS, SETTING]]
+    labels = configuration_labels(configs)
+    attacks = list(dict.fromkeys(summary["attack"]))
+    fig = Figure(figsize=(4.2 * len(attacks) + 0.6, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(attacks), sharey=True, squeeze=False)[0]
+    colors = [f"C{i % 10}" for i in range(len(configs))]
+    # ε = 0 has no place on a log axis; clean accuracy is in summary.md.
+    robust = robust[robust["epsilon"] > 0]
+    for ax, attack in zip(axes, attacks):
+        for (_, config), label, color in zip(configs.iterrows(), labels, colors):
+            mask = robust["attack"] == attack
+            for column in (*CONFIG_COLUMNS, SETTING):
+                mask &= robust[column] == config[column]
+            curve = robust[mask].sort_values("epsilon")
+            if curve.empty:
+                continue
+            mean, std = 100 * curve["mean"].to_numpy(), 100 * curve["std"].fillna(0).to_numpy()
+            n = int(curve["n"].min())
+            ax.plot(curve["epsilon"], mean, marker="o", markersize=3, color=color, label=f"{label} (n={n})")
+            if n > 1:
+                ax.fill_between(curve["epsilon"], mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+        norm = summary.loc[summary["attack"] == attack, "norm"].iloc[0] if "norm" in summary else ""
+        norm = NORM_NAMES.get(norm, norm)
+        ax.set_xscale("log")
+        ax.set_title(f"{attack} ({norm})" if norm else attack)
+        ax.set_xlabel(f"ε ({norm} radius)" if norm else "ε")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("robust accuracy (%)")
+    axes[0].set_ylim(-2, 102)
+    axes[-1].legend(loc="upper right", fontsize="small")
+    datasets = ", ".join(map(str, summary["dataset"].unique()))
+    models = ", ".join(map(str, summary["model"].unique()))
+    n_samples = ", ".join(str(n) for n in sorted(summary["n_samples"].unique()))
+    fig.suptitle(f"Robust accuracy vs ε: dataset {datasets}, model {models} ({n_samples} test samples; mean ± std over seeds)")
+    return fig
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Render to memory, then write atomically (the format follows the suffix: .png, .pdf, .svg)."""
+    buffer = _bytes_io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip("."), dpi=150)
+    return io.atomic_write(path, lambda f: f.write(buffer.getvalue()))
