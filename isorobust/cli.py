@@ -23,6 +23,7 @@ USAGE = """usage: isorobust <command> [overrides...]
 commands:
   train     train -> evaluate -> attack one configuration (Hydra app; -m for sweeps)
   attack    re-attack a saved run: isorobust attack run=<run dir> [attack=pgd] [eval.epsilons=[...]]
+  check     gradient-masking sanity checks of a saved run: isorobust check run=<run dir>
   report    aggregate the runs below a folder: isorobust report outputs/multirun/<date>/<time>
 
 train and attack take Hydra overrides and --help, --cfg job, -m (multirun), hydra.run.dir=...
@@ -82,7 +83,7 @@ def hydra_app(config_name: str, job: Callable[[Any, Path], Any]) -> Callable[[],
     return app
 
 
-COMMANDS = ("train", "attack", "report")
+COMMANDS = ("train", "attack", "check", "report")
 
 
 def pipeline_job(name: str) -> Callable[[Any, Path], Any]:

@@ -59,9 +59,19 @@ def validate(cfg: DictConfig, required: tuple[str, ...] = ()) -> None:
         if bad:
             problems.append(f"eval.epsilons must lie in [0, 1] for inputs in [0, 1] (got {', '.join(map(str, bad))})")
     for name, attack in (_get(cfg, "attack") or {}).items():
-        steps = _get(attack, "steps") if isinstance(attack, DictConfig) else None
-        if steps is not None and (not isinstance(steps, int) or steps < 1):
-            problems.append(f"attack.{name}.steps must be an integer >= 1 (got {steps!r})")
+        if not isinstance(attack, DictConfig):
+            continue
+        for key in ("steps", "restarts", "n_queries", "square_queries"):
+            value = _get(attack, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                problems.append(f"attack.{name}.{key} must be an integer >= 1 (got {value!r})")
+        own = _get(attack, "epsilons")
+        if own is not None:
+            linf = _get(attack, "norm") in (None, "linf") and "L2" not in str(_get(attack, "_target_"))
+            bad = [e for e in own if not _is_number(e) or e < 0 or (linf and e > 1)]
+            if bad or not list(own):
+                problems.append(f"attack.{name}.epsilons must be non-empty, >= 0 (and <= 1 for L∞) "
+                                f"(got {', '.join(map(str, bad)) or 'none'})")
     device = _get(cfg, "device")
     if device is not None and device != "auto":
         try:

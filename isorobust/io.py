@@ -18,6 +18,16 @@ from torch import nn
 
 from isorobust.errors import CheckpointError
 
+def _file_mode() -> int:
+    """What a plain open() would give a new file: 0o666 less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# mkstemp creates files readable by their owner only; results are meant to be shared (cluster groups).
+FILE_MODE = _file_mode()
+
 CHECKPOINT_FORMAT = "isorobust.model"
 CHECKPOINT_VERSION = 1
 
@@ -32,6 +42,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

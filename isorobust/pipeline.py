@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from isorobust import io
 from isorobust.config import resolve_device, sorted_epsilons, validate
 from isorobust.errors import ConfigError, IsorobustError
-from isorobust.evaluation.attacks import FoolboxAttack
+from isorobust.evaluation.attacks import FGSM, Attack, LinfPGD
+from isorobust.evaluation.checks import attack_checks, checks_frame, summary_text, table_checks, train_surrogate
 from isorobust.evaluation.clean import clean_metrics
 from isorobust.evaluation.isometry import isometry_options, isometry_report
 from isorobust.hierarchy.evaluation import (
@@ -27,10 +28,10 @@ from isorobust.sweeps.threads import apply_threads
 
 log = logging.getLogger(__name__)
 
-RESULT_FILES = ("metrics.json", "robustness.csv", "robustness.md", "isometry.csv", "isometry_boundary.png")
+RESULT_FILES = ("metrics.json", "robustness.csv", "robustness.md", "isometry.csv", "isometry_boundary.png", "checks.csv")
 
 
-def build_attacks(attack_cfg: Mapping[str, Any]) -> dict[str, FoolboxAttack]:
+def build_attacks(attack_cfg: Mapping[str, Any]) -> dict[str, Attack]:
     if not attack_cfg:
         raise ConfigError("no attack selected (use attack=fgsm, attack=pgd or attack=[fgsm,pgd])")
     return {name: instantiate(c, name=name) for name, c in attack_cfg.items()}
@@ -48,7 +49,7 @@ def run_meta(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def write_tables(run_dir: Path, table: pd.DataFrame, attacks: Mapping[str, FoolboxAttack]) -> str:
+def write_tables(run_dir: Path, table: pd.DataFrame, attacks: Mapping[str, Attack]) -> str:
     markdown = markdown_by_level(table, attacks)  # one table per level for hierarchical models
     io.write_csv(run_dir / "robustness.csv", table)
     io.write_text(run_dir / "robustness.md", markdown)
@@ -98,6 +99,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     attack_s = time.perf_counter() - t0
     markdown = write_tables(run_dir, table, attacks)
+    t0 = time.perf_counter()
+    checks = sanity_checks(cfg, model, data, table, run_dir)
+    checks_s = time.perf_counter() - t0
 
     metrics = {
         **run_meta(cfg),
@@ -112,9 +116,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "n_test": len(data.test),
         "history": history,
         "isometry": isometry,
+        "checks": checks,
         **hierarchy_metrics(model, data.test, cfg.eval.batch_size),  # empty unless hierarchical
         "seconds": {
-            "train": train_s, "evaluate": eval_s, "attack": attack_s,
+            "train": train_s, "evaluate": eval_s, "attack": attack_s, "checks": checks_s,
             "total": time.perf_counter() - t_start,
         },
         "environment": environment(device),
@@ -122,13 +127,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     }
     # Written last: a run directory with metrics.json is a complete run.
     io.write_json(run_dir / "metrics.json", metrics)
-    print(markdown, flush=True)
+    print(markdown + "\n" + checks["summary"], flush=True)
     return metrics
 
 
-def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
-    """The ``isorobust attack`` job: re-attack the model saved in ``cfg.run``."""
-    run_dir = Path(str(cfg.run)).expanduser()
+def load_run(run: Any) -> tuple[Path, DictConfig, Any]:
+    """A finished training run: its directory, its saved config and its rebuilt model."""
+    run_dir = Path(str(run)).expanduser()
     if not run_dir.is_dir():
         raise IsorobustError(f"run directory {run_dir} not found")
     saved = run_dir / ".hydra" / "config.yaml"
@@ -138,7 +143,49 @@ def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
         run_cfg = OmegaConf.load(saved)
     except Exception as exc:
         raise IsorobustError(f"cannot read {saved}: {str(exc).splitlines()[0]}") from None
-    model = io.load_model(run_dir / "model.pt")
+    return run_dir, run_cfg, io.load_model(run_dir / "model.pt")
+
+
+def sanity_checks(cfg: DictConfig, model: Any, data: Any, table: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
+    """Gradient-masking checks (evaluation/checks.py): writes checks.csv, prints the summary."""
+    if "level" in table.columns:  # hierarchical: the finest level is the model's own classifier
+        table = table[table["level"] == table["level"].max()]
+    results = table_checks(table)
+    settings = cfg.get("check")
+    # The extra attacks need image-shaped inputs (Square works on pixels).
+    if settings is not None and settings.enabled and data.test.x.dim() == 4:
+        x, y = data.test.x[: settings.n_samples], data.test.y[: settings.n_samples]
+        configured = dict(build_attacks(cfg.attack)) if cfg.get("attack") else {}
+        pgd = next((a for a in configured.values() if isinstance(a, LinfPGD)), LinfPGD())
+        surrogate = train_surrogate(data, data.num_classes, settings.surrogate_epochs, seed=int(cfg.seed) + 1000)
+        results += attack_checks(model, x, y, settings.epsilons, pgd, FGSM(), instantiate(settings.gradient_free),
+                                 surrogate, int(cfg.eval.batch_size), int(cfg.seed))
+    io.write_csv(out_dir / "checks.csv", checks_frame(results))
+    return {
+        "passed": sum(r.passed for r in results),
+        "failed": [r.check for r in results if not r.passed],
+        "summary": summary_text(results),
+    }
+
+
+def check(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """The ``isorobust check`` job: the sanity checks of a saved run, into this command's directory."""
+    run_dir, run_cfg, model = load_run(cfg.run)
+    table_path = run_dir / "robustness.csv"
+    if not table_path.is_file():
+        raise IsorobustError(f"{run_dir} has no robustness.csv (an unfinished run?)")
+    merged = OmegaConf.merge(run_cfg, {"check": cfg.check, "device": cfg.device})
+    validate(merged)
+    device = resolve_device(merged.device)
+    data = instantiate(merged.dataset).to(device)
+    checks = sanity_checks(merged, model.to(device), data, pd.read_csv(table_path), out_dir)
+    print(checks["summary"], flush=True)
+    return checks
+
+
+def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
+    """The ``isorobust attack`` job: re-attack the model saved in ``cfg.run``."""
+    run_dir, run_cfg, model = load_run(cfg.run)
 
     # Everything left unset (null) on the command line comes from the training run.
     merged = OmegaConf.merge(run_cfg, {"eval": {k: v for k, v in cfg.eval.items() if v is not None}})

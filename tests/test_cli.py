@@ -5,7 +5,7 @@ import pytest
 
 from tests.conftest import run_cli
 
-RESULTS = ("metrics.json", "robustness.csv", "robustness.md", "model.pt")
+RESULTS = ("metrics.json", "robustness.csv", "robustness.md", "model.pt", "checks.csv")
 QUICK = ["dataset.train_size=200", "dataset.test_size=100", "trainer.epochs=1", "eval.n_samples=20"]
 
 

@@ -76,3 +76,23 @@ def test_attack_command_with_other_settings(trained_run):
     full = pd.read_csv(run_dir / "robustness.csv").set_index(["attack", "epsilon"])
     # PGD's random start depends on which points are still alive, so only the clean column must match
     assert table["clean_accuracy"].iloc[0] == full.loc[("pgd", 0.1), "clean_accuracy"]
+
+
+def test_sanity_checks_run_with_the_training_and_on_their_own(trained_run):
+    work, run_dir, proc = trained_run
+    checks = pd.read_csv(run_dir / "checks.csv")
+    expected = {"pgd_not_above_fgsm", "accuracy_non_increasing_in_epsilon", "more_steps_and_restarts_never_raise_accuracy",
+                "pgd_converged", "pgd_at_epsilon_1_gives_zero", "transfer_never_beats_white_box",
+                "gradient_free_never_beats_gradient_attacks"}
+    assert expected <= set(checks["check"])
+    assert "Sanity checks:" in proc.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["checks"]["passed"] + len(metrics["checks"]["failed"]) == len(checks)
+    # a normal model: the evaluation shows no sign of masking where the checks are decisive
+    passed = dict(zip(checks["check"], checks["passed"]))
+    for name in ("accuracy_non_increasing_in_epsilon", "pgd_at_epsilon_1_gives_zero", "transfer_never_beats_white_box"):
+        assert passed[name], checks.set_index("check").loc[name, "detail"]
+    out = work / "check"
+    again = run_cli("check", f"run={run_dir}", f"hydra.run.dir={out}", cwd=work)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert set(pd.read_csv(out / "checks.csv")["check"]) == set(checks["check"])

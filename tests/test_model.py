@@ -40,6 +40,7 @@ def test_checkpoint_round_trip(tmp_path):
     x = torch.rand(4, 12)
     assert torch.equal(loaded(x), model(x))
     assert not list(tmp_path.glob(".*tmp"))  # the temporary file was renamed away
+    assert (tmp_path / "model.pt").stat().st_mode & 0o777 == io.FILE_MODE  # as shareable as a plain open()
 
 
 class Payload:

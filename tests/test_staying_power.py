@@ -13,7 +13,7 @@ from isorobust import io
 from tests.conftest import requires_mnist, run_cli
 
 SMALL = ["dataset.train_size=20000", "dataset.test_size=1000", "trainer.epochs=3",
-         "eval.n_samples=300", "eval.epsilons=[0.05,0.1,0.2]", "+reg=isometric"]
+         "eval.n_samples=300", "eval.epsilons=[0.05,0.1,0.2]", "+reg=isometric", "check.enabled=false"]
 
 
 def start_run(run_dir, *overrides):

@@ -1,7 +1,8 @@
-"""Adversarial attacks (through foolbox) and robust-accuracy sweeps over ε.
+"""Adversarial attacks and robust-accuracy sweeps over ε.
 
-An attack here is a small config object that knows its name, its norm and how to build the
-foolbox attack; the sweep logic is separate and works for any of them.
+An attack here is a small config object that knows its name, its norm and how to perturb a
+batch; the sweep logic is separate and works for any of them. Attacks that exist in foolbox run
+through foolbox; AutoAttack's components come from torchattacks (see ``autoattack.py``).
 """
 from __future__ import annotations
 
@@ -17,17 +18,40 @@ from isorobust.evaluation.clean import predict
 
 
 @dataclass
-class FoolboxAttack:
-    """Base: subclasses set ``name``/``norm`` and build the foolbox attack."""
+class Attack:
+    """An attack: ``perturb(model, x, y, epsilon)`` returns adversarial inputs within the ε-ball
+    (of ``norm``) and the input bounds [0, 1]. Whether they fool the model is judged elsewhere.
+
+    ``restarts``: the sweep runs the attack this many times on the samples still robust (a sample
+    is broken if any run breaks it). ``batch_dependent``: the perturbation of one sample depends on
+    the rest of its batch, so the sweep attacks fixed batches of the whole set, not survivors only.
+    """
 
     name: str = "attack"
     norm: str = "linf"
+    restarts: int = 1
+    epsilons: list[float] | None = None  # this attack's own grid (e.g. L2 radii); None = eval.epsilons
+    batch_dependent = False
+    cumulative = True  # False: each ε judged on its own (the original protocol's way of counting)
 
-    def build(self) -> fb.attacks.base.Attack:
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, epsilon: float) -> Tensor:
         raise NotImplementedError
 
     def describe(self) -> str:
         return self.name
+
+
+@dataclass
+class FoolboxAttack(Attack):
+    """An attack run through foolbox (``PyTorchModel``, bounds (0, 1)); subclasses build it."""
+
+    def build(self) -> fb.attacks.base.Attack:
+        raise NotImplementedError
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, epsilon: float) -> Tensor:
+        fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
+        _, adv, _ = self.build()(fmodel, x, y, epsilons=float(epsilon))
+        return adv
 
 
 @dataclass
@@ -66,7 +90,26 @@ class LinfPGD(FoolboxAttack):
     def describe(self) -> str:
         step = f"{self.abs_stepsize}" if self.abs_stepsize is not None else f"{self.rel_stepsize:.4g}·ε"
         start = "random start" if self.random_start else "no random start"
-        return f"PGD (L∞, {self.steps} steps of {step}, {start})"
+        restarts = f", {self.restarts} restarts" if self.restarts > 1 else ""
+        return f"PGD (L∞, {self.steps} steps of {step}, {start}{restarts})"
+
+
+@dataclass
+class L2PGD(FoolboxAttack):
+    """L2 projected gradient descent on the cross-entropy, foolbox defaults (50 steps of ε/40)."""
+
+    name: str = "l2pgd"
+    norm: str = "l2"
+    steps: int = 50
+    rel_stepsize: float = 0.025
+    random_start: bool = True
+
+    def build(self) -> fb.attacks.base.Attack:
+        return fb.attacks.L2PGD(steps=self.steps, rel_stepsize=self.rel_stepsize, random_start=self.random_start)
+
+    def describe(self) -> str:
+        restarts = f", {self.restarts} restarts" if self.restarts > 1 else ""
+        return f"PGD (L2, {self.steps} steps of {self.rel_stepsize:.4g}·ε, random start{restarts})"
 
 
 @contextlib.contextmanager
@@ -112,20 +155,23 @@ def robust_masks(
         raise ValueError("epsilons must be ascending")
     torch.manual_seed(seed)  # PGD's random start: the same seed gives the same table
     with frozen(model):
-        fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
-        fb_attack = attack.build()
         correct = predict(model, x, batch_size) == y
         robust = correct.clone()
         masks = []
+        all_idx = torch.arange(x.shape[0], device=x.device)
         for eps in epsilons:
+            if not attack.cumulative:
+                robust = correct.clone()
             if eps > 0:
-                alive = robust.nonzero().squeeze(1)
-                for start in range(0, alive.numel(), batch_size):
-                    idx = alive[start : start + batch_size]
-                    _, adv, _ = fb_attack(fmodel, x[idx], y[idx], epsilons=float(eps))
-                    with torch.no_grad():
-                        broken = model(adv).argmax(dim=1) != y[idx]
-                    robust[idx[broken]] = False
+                for _ in range(attack.restarts):
+                    # A batch-dependent attack sees the same fixed batches as the original protocol.
+                    targets = all_idx if attack.batch_dependent else robust.nonzero().squeeze(1)
+                    for start in range(0, targets.numel(), batch_size):
+                        idx = targets[start : start + batch_size]
+                        adv = attack.perturb(model, x[idx], y[idx], float(eps))
+                        with torch.no_grad():
+                            broken = model(adv).argmax(dim=1) != y[idx]
+                        robust[idx[broken]] = False
             masks.append(robust.clone())
     return correct, masks
 

@@ -42,26 +42,28 @@ def robustness_table(
     """One row per (attack, ε) with the columns of ``TABLE_COLUMNS`` (and ``meta`` filled in)."""
     x, y = (test.x, test.y) if n_samples is None else (test.x[:n_samples], test.y[:n_samples])
     rows = []
-    outcomes: dict[str, list[tuple[str, list]]] = {}  # norm -> [(attack, masks per eps)]
+    outcomes: dict[tuple, list[list]] = {}  # (norm, ε grid) -> per attack: masks per ε
 
-    def add_rows(name: str, norm: str, clean: float, masks: list) -> None:
-        for eps, mask in zip(epsilons, masks):
+    def add_rows(name: str, norm: str, clean: float, grid: Sequence[float], masks: list) -> None:
+        for eps, mask in zip(grid, masks):
             rows.append({
                 **meta, "attack": name, "norm": norm, "epsilon": float(eps),
                 "n_samples": int(x.shape[0]), "clean_accuracy": clean, "robust_accuracy": robust_accuracy(mask),
             })
 
     for name, attack in tqdm(attacks.items(), desc="attacks", disable=None if progress is None else not progress):
-        correct, masks = robust_masks(model, attack, x, y, epsilons, batch_size, seed)
+        grid = sorted(float(e) for e in attack.epsilons) if attack.epsilons else list(epsilons)
+        correct, masks = robust_masks(model, attack, x, y, grid, batch_size, seed)
         clean = robust_accuracy(correct)
         log.info("%s: clean %.4f, robust %s", name, clean, " ".join(f"{robust_accuracy(m):.4f}" for m in masks))
-        add_rows(name, attack.norm, clean, masks)
-        outcomes.setdefault(attack.norm, []).append((name, masks))
-    for norm, results in outcomes.items():
+        add_rows(name, attack.norm, clean, grid, masks)
+        outcomes.setdefault((attack.norm, tuple(grid)), []).append(masks)
+    norms = {norm for norm, _ in outcomes}
+    for (norm, grid), results in outcomes.items():
         if len(results) > 1:
             # A sample counts as robust only if it survives every attack of this norm.
-            worst = [torch.stack(per_eps).all(dim=0) for per_eps in zip(*(m for _, m in results))]
-            add_rows(WORST_CASE if len(outcomes) == 1 else f"{WORST_CASE}_{norm}", norm, clean, worst)
+            worst = [torch.stack(per_eps).all(dim=0) for per_eps in zip(*results)]
+            add_rows(WORST_CASE if len(norms) == 1 else f"{WORST_CASE}_{norm}", norm, clean, grid, worst)
     frame = pd.DataFrame(rows)
     extra = [c for c in frame.columns if c not in TABLE_COLUMNS]
     return frame[TABLE_COLUMNS + extra]

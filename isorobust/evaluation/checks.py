@@ -1,0 +1,178 @@
+"""Sanity checks for gradient masking: signs that an evaluation, not a model, is robust.
+
+Each check compares numbers that must stand in a known order when the attacks work (Carlini et
+al. 2019, 'On evaluating adversarial robustness'; Athalye et al. 2018). A failure is a warning
+about the evaluation, with the numbers behind it, not an error. ``noise`` allows for sampling
+error: two standard errors of a proportion, plus one sample.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from isorobust.evaluation.attacks import Attack, LinfPGD, frozen, robust_accuracy_curve
+from isorobust.evaluation.clean import predict
+
+
+@dataclass
+class CheckResult:
+    check: str
+    passed: bool
+    detail: str
+
+    def __post_init__(self) -> None:
+        self.passed = bool(self.passed)  # comparisons of pandas numbers give numpy bools
+
+    def line(self) -> str:
+        return f"[{'pass' if self.passed else 'FAIL'}] {self.check}: {self.detail}"
+
+
+def noise(p: float, n: int) -> float:
+    """Sampling allowance for an accuracy ``p`` measured on ``n`` samples."""
+    return 2.0 * math.sqrt(max(p * (1.0 - p), 0.0) / max(n, 1)) + 1.0 / max(n, 1)
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{100 * v:.1f}" for v in values) + "]%"
+
+
+# --- checks on a finished robustness table -------------------------------------------------------
+
+def check_pgd_not_above_fgsm(table: pd.DataFrame) -> CheckResult | None:
+    attacks = set(table["attack"])
+    if not {"pgd", "fgsm"} <= attacks:
+        return None
+    wide = table.pivot_table(index="epsilon", columns="attack", values="robust_accuracy")
+    n = int(table["n_samples"].iloc[0])
+    bad = [(e, r.pgd, r.fgsm) for e, r in wide.iterrows() if r.pgd > r.fgsm + noise(r.fgsm, n)]
+    detail = ("PGD ≤ FGSM (+noise) at every ε" if not bad else
+              "PGD above FGSM at " + ", ".join(f"ε={e:.3g}: {100 * p:.1f}% > {100 * f:.1f}%" for e, p, f in bad))
+    return CheckResult("pgd_not_above_fgsm", not bad, detail)
+
+
+def check_monotone_in_epsilon(table: pd.DataFrame) -> CheckResult:
+    bad = []
+    for attack, rows in table.sort_values("epsilon").groupby("attack", sort=False):
+        acc = rows["robust_accuracy"].tolist()
+        n = int(rows["n_samples"].iloc[0])
+        if any(b > a + noise(a, n) for a, b in zip(acc, acc[1:])):
+            bad.append(f"{attack} {_fmt(acc)}")
+    return CheckResult("accuracy_non_increasing_in_epsilon", not bad,
+                       "every attack's accuracy falls or stays as ε grows" if not bad else "; ".join(bad))
+
+
+def check_full_ball_breaks_everything(table: pd.DataFrame, threshold: float = 0.01) -> CheckResult | None:
+    """At L∞ ε = 1 any image can become any other: an attack that works reaches ~0%."""
+    at_one = table[(table["norm"] == "linf") & (table["epsilon"] >= 1.0)]
+    if at_one.empty:
+        return None
+    best = at_one["robust_accuracy"].min()
+    return CheckResult("epsilon_1_gives_zero", best <= threshold,
+                       f"lowest accuracy at ε=1: {100 * best:.2f}% (threshold {100 * threshold:.0f}%)")
+
+
+def table_checks(table: pd.DataFrame) -> list[CheckResult]:
+    checks = [check_pgd_not_above_fgsm(table), check_monotone_in_epsilon(table),
+              check_full_ball_breaks_everything(table)]
+    return [c for c in checks if c is not None]
+
+
+# --- checks that run further attacks --------------------------------------------------------------
+
+def transfer_robust_accuracy(
+    target: nn.Module, surrogate: nn.Module, attack: Attack, x: Tensor, y: Tensor,
+    epsilon: float, batch_size: int, seed: int,
+) -> float:
+    """Accuracy of ``target`` on adversarial examples crafted against ``surrogate`` (black-box)."""
+    torch.manual_seed(seed)
+    correct = predict(target, x, batch_size) == y
+    with frozen(surrogate), frozen(target):
+        for s in range(0, x.shape[0], batch_size):
+            adv = attack.perturb(surrogate, x[s : s + batch_size], y[s : s + batch_size], epsilon)
+            with torch.no_grad():
+                correct[s : s + batch_size] &= target(adv).argmax(1) == y[s : s + batch_size]
+    return correct.float().mean().item()
+
+
+def attack_checks(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epsilons: Sequence[float],
+    pgd: LinfPGD,
+    fgsm: Attack,
+    gradient_free: Attack,
+    surrogate: nn.Module | None,
+    batch_size: int,
+    seed: int,
+) -> list[CheckResult]:
+    """Run the extra attacks on (x, y) at ``epsilons`` and compare them with PGD and FGSM."""
+    n = x.shape[0]
+    eps = sorted(float(e) for e in epsilons)
+    _, base = robust_accuracy_curve(model, pgd, x, y, eps, batch_size, seed)
+    _, one_step = robust_accuracy_curve(model, fgsm, x, y, eps, batch_size, seed)
+    gradient_best = [min(a, b) for a, b in zip(base, one_step)]
+    results = []
+
+    stronger = LinfPGD(steps=4 * pgd.steps, rel_stepsize=pgd.rel_stepsize, random_start=True, restarts=3)
+    _, strong = robust_accuracy_curve(model, stronger, x, y, eps, batch_size, seed + 1)
+    bad = [e for e, b, s in zip(eps, base, strong) if s > b + noise(b, n)]
+    results.append(CheckResult(
+        "more_steps_and_restarts_never_raise_accuracy", not bad,
+        f"PGD {pgd.steps} steps {_fmt(base)} vs {stronger.steps} steps × 3 restarts {_fmt(strong)} at ε={eps}"))
+    gain = [b - s for b, s in zip(base, strong)]
+    converged = all(g <= noise(b, n) for g, b in zip(gain, base))
+    results.append(CheckResult(
+        "pgd_converged", converged,
+        f"a 12× larger PGD budget lowers accuracy by {_fmt(gain)}"
+        + (" (within noise)" if converged else ": more than noise, the default PGD is too weak for this model")))
+
+    _, at_one = robust_accuracy_curve(model, pgd, x, y, [1.0], batch_size, seed)
+    results.append(CheckResult("pgd_at_epsilon_1_gives_zero", at_one[0] <= 0.01,
+                               f"PGD accuracy at ε=1: {100 * at_one[0]:.2f}% (threshold 1%)"))
+
+    if surrogate is not None:
+        transfer = [transfer_robust_accuracy(model, surrogate, pgd, x, y, e, batch_size, seed) for e in eps]
+        bad = [e for e, t, b in zip(eps, transfer, gradient_best) if t < b - noise(b, n)]
+        results.append(CheckResult(
+            "transfer_never_beats_white_box", not bad,
+            f"transfer from a cross-entropy surrogate {_fmt(transfer)} vs white-box {_fmt(gradient_best)} at ε={eps}"))
+
+    _, free = robust_accuracy_curve(model, gradient_free, x, y, eps, batch_size, seed)
+    bad = [e for e, f, b in zip(eps, free, gradient_best) if f < b - noise(b, n)]
+    results.append(CheckResult(
+        "gradient_free_never_beats_gradient_attacks", not bad,
+        f"{gradient_free.name} {_fmt(free)} vs best gradient attack {_fmt(gradient_best)} at ε={eps}"))
+    return results
+
+
+def checks_frame(results: Sequence[CheckResult]) -> pd.DataFrame:
+    return pd.DataFrame([asdict(r) for r in results], columns=["check", "passed", "detail"])
+
+
+def summary_text(results: Sequence[CheckResult]) -> str:
+    failed = sum(not r.passed for r in results)
+    head = (f"Sanity checks: {len(results) - failed}/{len(results)} passed"
+            + ("" if not failed else " — WARNING: signs of gradient masking or a weak attack; see README 'Sanity checks'"))
+    return "\n".join([head, *(r.line() for r in results)]) + "\n"
+
+
+def train_surrogate(data, num_classes: int, epochs: int, seed: int, batch_size: int = 100) -> nn.Module:
+    """A cross-entropy-only reference MLP trained from another seed: the transfer attack's source."""
+    import tempfile
+    from pathlib import Path
+
+    from isorobust.models import mlp
+    from isorobust.training.standard import StandardTrainer
+
+    torch.manual_seed(seed)
+    surrogate = mlp(data.input_shape, num_classes).to(data.train.x.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        StandardTrainer(epochs=epochs, batch_size=batch_size, progress=False).fit(
+            surrogate, data, None, seed=seed, run_dir=Path(tmp))
+    return surrogate.eval()

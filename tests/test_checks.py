@@ -1,0 +1,85 @@
+"""Each sanity check fires on a deliberately masked model and passes on a normal one."""
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from isorobust.evaluation.attacks import FGSM, LinfPGD
+from isorobust.evaluation.autoattack import Square
+from isorobust.evaluation.checks import attack_checks, noise, table_checks
+from isorobust.models import MLP
+
+
+def fit(seed, x, y):
+    torch.manual_seed(seed)
+    model = MLP(in_features=20, width=32, depth=2, num_classes=4)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(600):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+class Rounded(nn.Module):
+    """Quantises its input first: the gradient is zero almost everywhere (masking, not robustness)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x * 4) / 4)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(300, 1, 4, 5, generator=g)
+    y = x.sum(dim=3).squeeze(1).argmax(dim=1)
+    model, surrogate = fit(0, x, y), fit(1, x, y)
+    return model, surrogate, x[:200], y[:200]
+
+
+def run_checks(model, surrogate, x, y):
+    results = attack_checks(model, x, y, [0.1, 0.2], LinfPGD(steps=10, rel_stepsize=0.1), FGSM(), Square(n_queries=300),
+                            surrogate,
+                            batch_size=100, seed=0)
+    return {r.check: r for r in results}
+
+
+def test_checks_pass_on_a_normal_model(setup):
+    model, surrogate, x, y = setup
+    results = run_checks(model, surrogate, x, y)
+    for name in ("more_steps_and_restarts_never_raise_accuracy", "pgd_at_epsilon_1_gives_zero",
+                 "transfer_never_beats_white_box", "gradient_free_never_beats_gradient_attacks"):
+        assert results[name].passed, results[name].line()
+
+
+def test_checks_fire_on_a_masked_model(setup):
+    model, surrogate, x, y = setup
+    masked = Rounded(model).eval()
+    assert (masked(x).argmax(1) == y).float().mean() > 0.7  # still a decent classifier
+    results = run_checks(masked, surrogate, x, y)
+    for name in ("pgd_at_epsilon_1_gives_zero", "transfer_never_beats_white_box",
+                 "gradient_free_never_beats_gradient_attacks"):
+        assert not results[name].passed, results[name].line()
+
+
+def table(attack_acc: dict, eps=(0.1, 0.3, 1.0), n=1000):
+    rows = [{"attack": a, "norm": "linf", "epsilon": e, "n_samples": n, "clean_accuracy": 0.98,
+             "robust_accuracy": acc} for a, accs in attack_acc.items() for e, acc in zip(eps, accs)]
+    return pd.DataFrame(rows)
+
+
+def test_table_checks_on_known_numbers():
+    good = {c.check: c.passed for c in table_checks(table({"fgsm": [0.5, 0.2, 0.0], "pgd": [0.4, 0.1, 0.0]}))}
+    assert good == {"pgd_not_above_fgsm": True, "accuracy_non_increasing_in_epsilon": True,
+                    "epsilon_1_gives_zero": True}
+    bad = {c.check: c.passed for c in table_checks(table({"fgsm": [0.5, 0.2, 0.2], "pgd": [0.6, 0.7, 0.3]}))}
+    assert bad == {"pgd_not_above_fgsm": False, "accuracy_non_increasing_in_epsilon": False,
+                   "epsilon_1_gives_zero": False}
+    # within sampling noise is not a failure
+    close = table({"fgsm": [0.5, 0.2, 0.0], "pgd": [0.5 + noise(0.5, 1000) / 2, 0.2, 0.0]})
+    assert all(c.passed for c in table_checks(close))

@@ -1,0 +1,74 @@
+"""The stronger attacks and the original protocol on a tiny model with a known, learnable rule."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from isorobust.evaluation.attacks import FGSM, L2PGD, LinfPGD, robust_accuracy_curve
+from isorobust.evaluation.autoattack import AutoAttack, Square
+from isorobust.evaluation.paper import PaperFGSM
+from isorobust.models import MLP
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Images of 1×4×5 pixels; class = the brightest row (4 classes: targeted DLR needs >= 4)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(300, 1, 4, 5, generator=g)
+    y = x.sum(dim=3).squeeze(1).argmax(dim=1)
+    torch.manual_seed(0)
+    model = MLP(in_features=20, width=32, depth=2, num_classes=4)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(600):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval(), x, y
+
+
+def curve(model, attack, x, y, eps):
+    return robust_accuracy_curve(model, attack, x, y, eps, batch_size=100, seed=0)
+
+
+@pytest.mark.parametrize("attack,eps", [
+    (L2PGD(steps=20), [0.0, 0.1, 0.3, 1.0, 3.0]),
+    (AutoAttack(steps=10, square_queries=50), [0.0, 0.02, 0.05, 0.1, 0.3]),
+    (Square(n_queries=100), [0.0, 0.02, 0.05, 0.1, 0.3]),
+])
+def test_success_rises_with_epsilon(tiny, attack, eps):
+    model, x, y = tiny
+    clean, accs = curve(model, attack, x, y, eps)
+    assert clean > 0.9 and accs[0] == clean
+    assert all(a >= b for a, b in zip(accs, accs[1:]))
+    assert accs[-1] < 0.5 * clean  # the largest ball breaks most samples
+
+
+def test_autoattack_at_least_as_strong_as_pgd(tiny):
+    model, x, y = tiny
+    eps = [0.02, 0.05, 0.1]
+    _, pgd = curve(model, LinfPGD(steps=20), x, y, eps)
+    _, aa = curve(model, AutoAttack(steps=10, square_queries=50), x, y, eps)
+    assert all(a <= p for a, p in zip(aa, pgd)), (aa, pgd)
+
+
+def test_restarts_never_lower_success(tiny):
+    model, x, y = tiny
+    eps = [0.02, 0.05, 0.1]
+    _, one = curve(model, LinfPGD(steps=5, rel_stepsize=0.1), x, y, eps)
+    _, five = curve(model, LinfPGD(steps=5, rel_stepsize=0.1, restarts=5), x, y, eps)
+    assert all(b <= a for a, b in zip(one, five))
+
+
+def test_paper_fgsm_equals_fgsm_without_the_isometric_term(tiny):
+    model, x, y = tiny
+    eps = [0.02, 0.05, 0.1, 0.3]
+    assert curve(model, PaperFGSM(weight=0.0), x, y, eps) == curve(model, FGSM(), x, y, eps)
+
+
+def test_paper_fgsm_depends_on_the_batch_and_the_weight(tiny):
+    model, x, y = tiny
+    attack = PaperFGSM(weight=10.0, scale=10.0)
+    full = attack.perturb(model, x[:100], y[:100], 0.1)
+    half = attack.perturb(model, x[:50], y[:50], 0.1)
+    assert not torch.equal(full[:50], half)  # the isometric term couples the batch
+    assert not torch.equal(full, PaperFGSM(weight=0.0).perturb(model, x[:100], y[:100], 0.1))
+    assert full.min() >= 0 and full.max() <= 1 and (full - x[:100]).abs().max() <= 0.1 + 1e-6
