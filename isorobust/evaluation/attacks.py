@@ -135,7 +135,7 @@ def robust_accuracy(robust: Tensor) -> float:
 
 def robust_masks(
     model: nn.Module,
-    attack: FoolboxAttack,
+    attack: Attack,
     x: Tensor,
     y: Tensor,
     epsilons: Sequence[float],
@@ -178,7 +178,7 @@ def robust_masks(
 
 def robust_accuracy_curve(
     model: nn.Module,
-    attack: FoolboxAttack,
+    attack: Attack,
     x: Tensor,
     y: Tensor,
     epsilons: Sequence[float],

@@ -20,14 +20,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from isorobust import io
 from isorobust.data import ImageDataset
 from isorobust.hierarchy import Hierarchy
 from isorobust.losses import isometric_loss
 from isorobust.models.hierarchical import HierarchicalMLP
-from isorobust.training.standard import CHECKPOINT_NAME, Regularizer, StandardTrainer, TrainingDiverged
+from isorobust.training.standard import Regularizer, StandardTrainer, check_finite
 
 log = logging.getLogger(__name__)
 
@@ -87,41 +85,23 @@ class HierarchicalTrainer(StandardTrainer):
         weight = regularizer.weight if regularizer is not None else 0.0
         scale = regularizer.scale if regularizer is not None else None
         train = data.train
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
-        shuffle = torch.Generator().manual_seed(seed)
-        start_epoch = 0
-        ckpt_path = run_dir / CHECKPOINT_NAME
-        if self.resume and ckpt_path.exists():
-            start_epoch = self._restore(ckpt_path, model, optimizer, shuffle)
-            log.info("resumed from %s after epoch %d", ckpt_path, start_epoch)
-
-        n = len(train)
-        n_batches = math.ceil(n / self.batch_size)
+        optimizer, shuffle, start_epoch, ckpt_path = self._begin(model, seed, run_dir)
+        n_batches = math.ceil(len(train) / self.batch_size)
         for epoch in range(start_epoch, self.epochs):
             model.train()
             t0 = time.perf_counter()
-            order = torch.randperm(n, generator=shuffle).to(train.x.device)
             ce_sums, iso_sums = [0.0] * hierarchy.depth, [0.0] * hierarchy.depth
-            bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
-                       disable=None if self.progress is None else not self.progress)
-            for b in bar:
-                idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            for b, idx in self._batches(len(train), shuffle, train.x.device, epoch):
                 x, y = train.x[idx], train.y[idx]
                 losses = level_losses(model, hierarchy, x, y, scale)
                 loss = total_loss(losses, weight)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise TrainingDiverged(
-                        f"loss is {loss_value} at epoch {epoch + 1}, batch {b + 1}/{n_batches}; "
-                        f"likely cause: reg.weight or trainer.lr too large"
-                    )
+                check_finite(loss.item(), epoch, b, n_batches)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 for level, (ce, iso) in enumerate(losses):
                     ce_sums[level] += ce.item()
                     iso_sums[level] += iso.item() if iso is not None else 0.0
-            bar.close()
             accuracies = level_accuracies(model, hierarchy, data.test.x, data.test.y, 1000)
             levels = [{
                 "level": level,
@@ -142,13 +122,7 @@ class HierarchicalTrainer(StandardTrainer):
             log.info("epoch %d/%d  " + "  ".join(f"L{l['level']} CE %.4f acc %.4f" for l in levels) + "  (%.1fs)",
                      epoch + 1, self.epochs,
                      *[v for l in levels for v in (l["train_cross_entropy"], l["test_accuracy"])], record["seconds"])
-            io.save_torch(ckpt_path, {
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "shuffle_rng": shuffle.get_state(),
-                "history": self.history,
-            })
+            self._save_checkpoint(ckpt_path, epoch, model, optimizer, shuffle)
         model.eval()
         return self.history
 

@@ -46,6 +46,14 @@ def make_adam(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(model.parameters(), lr=lr)
 
 
+def check_finite(loss_value: float, epoch: int, batch: int, n_batches: int) -> None:
+    if not math.isfinite(loss_value):
+        raise TrainingDiverged(
+            f"loss is {loss_value} at epoch {epoch + 1}, batch {batch + 1}/{n_batches}; "
+            f"likely cause: reg.weight or trainer.lr too large"
+        )
+
+
 @dataclass
 class StandardTrainer:
     """Adam on CE (+ β·regularizer), one shuffled pass over the training set per epoch.
@@ -73,25 +81,14 @@ class StandardTrainer:
         monitor_layer: int = -1,
     ) -> list[dict[str, Any]]:
         train = data.train
-        optimizer = make_adam(model, self.lr)
-        shuffle = torch.Generator().manual_seed(seed)
-        start_epoch = 0
-        ckpt_path = run_dir / CHECKPOINT_NAME
-        if self.resume and ckpt_path.exists():
-            start_epoch = self._restore(ckpt_path, model, optimizer, shuffle)
-            log.info("resumed from %s after epoch %d", ckpt_path, start_epoch)
-
-        n = len(train)
-        n_batches = math.ceil(n / self.batch_size)
+        optimizer, shuffle, start_epoch, ckpt_path = self._begin(model, seed, run_dir)
+        n_batches = math.ceil(len(train) / self.batch_size)
         for epoch in range(start_epoch, self.epochs):
             model.train()
             t0 = time.perf_counter()
-            order = torch.randperm(n, generator=shuffle).to(train.x.device)
             ce_sum, reg_sum = 0.0, 0.0
-            bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
-                       disable=None if self.progress is None else not self.progress)
-            for b in bar:
-                idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            bar = self._batches(len(train), shuffle, train.x.device, epoch)
+            for b, idx in bar:
                 x, y = train.x[idx], train.y[idx]
                 logits, features = model.forward_features(x)
                 ce = F.cross_entropy(logits, y)
@@ -100,19 +97,13 @@ class StandardTrainer:
                     reg = regularizer(x, features, y)
                     loss = ce + regularizer.weight * reg
                     reg_sum += reg.item()
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise TrainingDiverged(
-                        f"loss is {loss_value} at epoch {epoch + 1}, batch {b + 1}/{n_batches}; "
-                        f"likely cause: reg.weight or trainer.lr too large"
-                    )
+                check_finite(loss.item(), epoch, b, n_batches)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 ce_sum += ce.item()
                 if b % 50 == 0:
                     bar.set_postfix(ce=f"{ce_sum / (b + 1):.3f}", iso=f"{reg_sum / (b + 1):.3f}")
-            bar.close()
             test = clean_metrics(
                 model,
                 data.test,
@@ -136,15 +127,38 @@ class StandardTrainer:
                 "-" if record["train_isometric_loss"] is None else f"{record['train_isometric_loss']:.4f}",
                 record["test_accuracy"], record["seconds"],
             )
-            io.save_torch(ckpt_path, {
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "shuffle_rng": shuffle.get_state(),
-                "history": self.history,
-            })
+            self._save_checkpoint(ckpt_path, epoch, model, optimizer, shuffle)
         model.eval()
         return self.history
+
+    def _begin(self, model: torch.nn.Module, seed: int, run_dir: Path
+               ) -> tuple[torch.optim.Optimizer, torch.Generator, int, Path]:
+        """Optimizer, shuffling RNG, first epoch to run and checkpoint path (restored when resuming)."""
+        optimizer = make_adam(model, self.lr)
+        shuffle = torch.Generator().manual_seed(seed)
+        ckpt_path = run_dir / CHECKPOINT_NAME
+        start_epoch = 0
+        if self.resume and ckpt_path.exists():
+            start_epoch = self._restore(ckpt_path, model, optimizer, shuffle)
+            log.info("resumed from %s after epoch %d", ckpt_path, start_epoch)
+        return optimizer, shuffle, start_epoch, ckpt_path
+
+    def _batches(self, n: int, shuffle: torch.Generator, device: torch.device, epoch: int) -> tqdm:
+        """(batch number, sample indices) of one shuffled epoch, behind a progress bar."""
+        order = torch.randperm(n, generator=shuffle).to(device)
+        batches = [(b, order[start : start + self.batch_size]) for b, start in enumerate(range(0, n, self.batch_size))]
+        return tqdm(batches, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
+                    disable=None if self.progress is None else not self.progress)
+
+    def _save_checkpoint(self, path: Path, epoch: int, model: torch.nn.Module,
+                         optimizer: torch.optim.Optimizer, shuffle: torch.Generator) -> None:
+        io.save_torch(path, {
+            "epoch": epoch + 1,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "shuffle_rng": shuffle.get_state(),
+            "history": self.history,
+        })
 
     def _restore(self, path: Path, model: MLP, optimizer: torch.optim.Optimizer, shuffle: torch.Generator) -> int:
         state = io.load_torch(path)
