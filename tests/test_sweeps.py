@@ -208,3 +208,32 @@ def test_resume_compares_configurations(tmp_path):
     assert OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "overrides.yaml")) == ["seed=0"]
     (run / "metrics.json").unlink()
     assert completed_metrics(OmegaConf.create(other), run) is None  # incomplete: the job runs
+
+
+def test_levels_and_isometry_are_summarised_per_configuration(tmp_path):
+    """Hierarchical rows stay apart per level; each run's pooled isometry figures are averaged over seeds."""
+    root = tmp_path / "sweep"
+    for job, (weight, seed) in enumerate([(0.0, 0), (0.0, 1)]):
+        run = make_run(root / str(job), weight, seed)
+        table = pd.read_csv(run / "robustness.csv")
+        levels = []
+        for level in (0, 1):
+            part = table.copy()
+            part["level"] = level
+            part["robust_accuracy"] = part["robust_accuracy"] + 0.01 * level  # level 1 is 1 point higher
+            levels.append(part)
+        pd.concat(levels).to_csv(run / "robustness.csv", index=False)
+        isometry = {"layers": [{"layer": layer, "scale": 2.0 + seed, "pearson": 0.5 + 0.1 * seed,
+                                "spearman": 0.5, "distortion": 1.0} for layer in (0, 1)]}
+        (run / "metrics.json").write_text(json.dumps({"clean_accuracy": CLEAN[(weight, seed)], "isometry": isometry}))
+    report = write_report(root)
+    robust = aggregate_robustness(summary_frame(find_runs(root), root)).set_index(["attack", "level", "epsilon"])
+    assert robust.loc[("fgsm", 0, 0.1), "mean"] == pytest.approx(0.55)
+    assert robust.loc[("fgsm", 1, 0.1), "mean"] == pytest.approx(0.56) and robust.loc[("fgsm", 1, 0.1), "n"] == 2
+    md = report.markdown
+    assert "## fgsm (linf, level 0)" in md and "## fgsm (linf, level 1)" in md
+    iso = md.split("## Isometry")[1]
+    assert "2.500 ± 0.707 (2)" in iso.split("### Pearson")[0]  # K̂ of seeds 0, 1: 2 and 3
+    assert "0.550 ± 0.071 (2)" in iso.split("### Pearson")[1]
+    per_run = pd.read_csv(root / "isometry_summary.csv")
+    assert len(per_run) == 4 and set(per_run["layer"]) == {0, 1}

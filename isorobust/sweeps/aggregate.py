@@ -23,6 +23,8 @@ NOT_A_SETTING = {
     "dataset.root", "dataset.download", "device", "threads", "resume", "trainer.resume",
 }
 SETTING = "setting"  # the remaining overrides of a run, e.g. "trainer.epochs=2"
+LEVEL = "level"  # hierarchical runs: the label level a row's read-out and labels belong to
+ISOMETRY_FIGURES = ("scale", "pearson", "spearman", "distortion")
 TEST_CLEAN = "test_clean_accuracy"  # metrics.json's clean accuracy on the whole test split
 
 
@@ -136,9 +138,33 @@ def _mean_std_n(frame: pd.DataFrame, keys: list[str], value: str) -> pd.DataFram
 
 def aggregate_robustness(summary: pd.DataFrame) -> pd.DataFrame:
     """Mean, sample std (ddof=1; NaN for one run) and n of robust accuracy per configuration, attack and ε."""
-    keys = [*CONFIG_COLUMNS, SETTING, "attack", "norm", "epsilon"]
+    keys = [*CONFIG_COLUMNS, SETTING, "attack", "norm", LEVEL, "epsilon"]
     keys = [k for k in keys if k in summary.columns]
     return _mean_std_n(summary, keys, "robust_accuracy")
+
+
+def isometry_frame(summary: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """One row per (run, hidden layer): the run's configuration and its pooled isometry figures
+    (``metrics.json["isometry"]["layers"]``, written by every `isorobust train`)."""
+    rows = []
+    for run, table in summary.groupby("run", sort=False):
+        metrics = json.loads((root / run / "metrics.json").read_text())
+        base = table.iloc[0][[c for c in (*CONFIG_COLUMNS, SETTING, "seed") if c in table.columns]].to_dict()
+        for entry in (metrics.get("isometry") or {}).get("layers", []):
+            rows.append({"run": run, **base, "layer": entry["layer"],
+                         **{f: entry.get(f) for f in ISOMETRY_FIGURES}})
+    return pd.DataFrame(rows)
+
+
+def aggregate_isometry(isometry: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sample std and n over seeds of each isometry figure, per configuration and layer."""
+    keys = [*CONFIG_COLUMNS, SETTING, "layer"]
+    parts = []
+    for figure in ISOMETRY_FIGURES:
+        part = _mean_std_n(isometry, keys, figure)
+        part.insert(len(keys), "figure", figure)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
 
 
 def aggregate_clean(summary: pd.DataFrame) -> pd.DataFrame:
@@ -179,6 +205,10 @@ def _cell(mean: float, std: float, n: int) -> str:
     return f"{100 * mean:.2f} ({n})"
 
 
+def _plain_cell(mean: float, std: float, n: int) -> str:
+    return f"{mean:.3f} ± {std:.3f} ({n})" if n > 1 else f"{mean:.3f} ({n})"
+
+
 def _table(header: list[str], rows: list[list[str]], left: int = 0) -> list[str]:
     """A markdown table padded for a terminal; the first ``left`` columns left-aligned, numbers right."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
@@ -191,8 +221,10 @@ def _table(header: list[str], rows: list[list[str]], left: int = 0) -> list[str]
     return [line(header), "|" + "|".join(rule) + "|", *(line(r) for r in rows)]
 
 
-def summary_markdown(summary: pd.DataFrame, runs: list[RunDir], root: Path) -> str:
-    """The sweep as terminal-readable markdown: clean accuracy, then ε × configuration per attack."""
+def summary_markdown(summary: pd.DataFrame, runs: list[RunDir], root: Path,
+                     isometry: pd.DataFrame | None = None) -> str:
+    """The sweep as terminal-readable markdown: clean accuracy, ε × configuration per attack (and level),
+    and, given ``aggregate_isometry``'s frame, the isometry figures per layer."""
     robust, clean = aggregate_robustness(summary), aggregate_clean(summary)
     configs = clean[[*CONFIG_COLUMNS, SETTING]]
     labels = configuration_labels(configs)
@@ -213,8 +245,15 @@ def summary_markdown(summary: pd.DataFrame, runs: list[RunDir], root: Path) -> s
     ]
     rows = [[label_of[key(r)], _cell(r["mean"], r["std"], r["n"]), r["seeds"]] for _, r in clean.iterrows()]
     lines += _table(["configuration", "clean accuracy", "seeds"], rows, left=1)
-    for attack in dict.fromkeys(summary["attack"]):
+    has_level = LEVEL in robust.columns and robust[LEVEL].notna().any()
+    sections = robust[["attack", LEVEL]].drop_duplicates() if has_level else robust[["attack"]].drop_duplicates()
+    for _, section in sections.iterrows():
+        attack = section["attack"]
         part = robust[robust["attack"] == attack]
+        level = ""
+        if has_level:
+            part = part[part[LEVEL] == section[LEVEL]] if pd.notna(section[LEVEL]) else part[part[LEVEL].isna()]
+            level = f", level {int(section[LEVEL])}" if pd.notna(section[LEVEL]) else ""
         norm = part["norm"].iloc[0] if "norm" in part else ""
         n_samples = ", ".join(str(n) for n in sorted(part["n_samples"].unique()))
         columns = [c for c in label_of if c in {key(r) for _, r in part.iterrows()}]
@@ -222,8 +261,21 @@ def summary_markdown(summary: pd.DataFrame, runs: list[RunDir], root: Path) -> s
         for eps, at_eps in part.groupby("epsilon", sort=True):
             cells = {key(r): _cell(r["mean"], r["std"], r["n"]) for _, r in at_eps.iterrows()}
             rows.append([f"{eps:.4g}", *(cells.get(c, "–") for c in columns)])
-        lines += ["", f"## {attack} ({norm}): robust accuracy on {n_samples} test samples", ""]
+        lines += ["", f"## {attack} ({norm}{level}): robust accuracy on {n_samples} test samples", ""]
         lines += _table(["ε", *(label_of[c] for c in columns)], rows)
+    if isometry is not None and not isometry.empty:
+        lines += ["", "## Isometry of the hidden layers (test split, pooled over classes)", "",
+                  "K̂: best-fit scale (d_z ≈ d_x/K̂); Pearson: correlation of input and representation distances "
+                  "within classes; distortion: 95th − 5th percentile of d_z·K̂/d_x (0 = exact scaled isometry)."]
+        for figure, title in (("scale", "K̂"), ("pearson", "Pearson r"), ("distortion", "distortion")):
+            part = isometry[isometry["figure"] == figure]
+            columns = [c for c in label_of if c in {key(r) for _, r in part.iterrows()}]
+            rows = []
+            for layer, at_layer in part.groupby("layer", sort=True):
+                cells = {key(r): _plain_cell(r["mean"], r["std"], r["n"]) for _, r in at_layer.iterrows()}
+                rows.append([str(layer), *(cells.get(c, "–") for c in columns)])
+            lines += ["", f"### {title}", ""]
+            lines += _table(["layer", *(label_of[c] for c in columns)], rows)
     duplicated = clean[clean["seeds"].str.split().map(lambda s: len(s) != len(set(s)))]
     if not duplicated.empty:
         lines += ["", "Note: some configurations hold several runs with the same seed (merged sweeps?)."]

@@ -6,9 +6,11 @@ from pathlib import Path
 
 from isorobust import io
 from isorobust.errors import IsorobustError
-from isorobust.sweeps.aggregate import RunDir, find_runs, summary_frame, summary_markdown
+from isorobust.sweeps.aggregate import (
+    LEVEL, RunDir, aggregate_isometry, find_runs, isometry_frame, summary_frame, summary_markdown,
+)
 
-REPORT_FILES = ("summary.csv", "summary.md", "robustness.png", "robustness.pdf")
+REPORT_FILES = ("summary.csv", "summary.md", "robustness.png", "robustness.pdf", "isometry_summary.csv")
 
 
 @dataclass
@@ -36,14 +38,21 @@ def write_report(root: str | Path) -> Report:
     if not any(r.complete for r in runs):
         raise IsorobustError(f"no complete runs below {root} ({len(runs)} incomplete: no metrics.json/robustness.csv yet)")
     summary = summary_frame(runs, root)
-    markdown = summary_markdown(summary, runs, root)
+    per_run_isometry = isometry_frame(summary, root)
+    isometry = aggregate_isometry(per_run_isometry) if not per_run_isometry.empty else None
+    markdown = summary_markdown(summary, runs, root, isometry)
     from isorobust.sweeps.plot import robustness_figure, save_figure  # matplotlib: only when plotting
 
-    figure = robustness_figure(summary)
+    # Hierarchical runs: the figure shows the finest level (the network's classifier); summary.md has all.
+    plotted = summary
+    if LEVEL in summary.columns and summary[LEVEL].notna().any():
+        plotted = summary[summary[LEVEL].isna() | (summary[LEVEL] == summary[LEVEL].max())]
+    figure = robustness_figure(plotted)
     files = [
         io.write_csv(root / "summary.csv", summary),
         io.write_text(root / "summary.md", markdown),
         save_figure(figure, root / "robustness.png"),
         save_figure(figure, root / "robustness.pdf"),
+        io.write_csv(root / "isometry_summary.csv", per_run_isometry),
     ]
     return Report(root, runs, markdown, files)
