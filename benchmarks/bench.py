@@ -167,7 +167,8 @@ def bench_end_to_end(extra: list[str]) -> list[tuple[str, str]]:
     return [
         ("command", "`isorobust train +reg=isometric " + " ".join(extra) + "`"),
         ("wall time", f"{wall:.1f} s (train {seconds['train']:.1f} s, evaluate {seconds['evaluate']:.1f} s, "
-                      f"attack {seconds['attack']:.1f} s; the rest is start-up and data loading); target < 180 s"),
+                      f"attack {seconds['attack']:.1f} s, sanity checks {seconds.get('checks', 0.0):.1f} s; "
+                      "the rest is start-up and data loading); target < 180 s"),
         ("peak RSS", f"{peak_kib / 1024:.0f} MiB; target ≤ 2048 MiB"),
     ]
 
