@@ -237,3 +237,24 @@ def test_levels_and_isometry_are_summarised_per_configuration(tmp_path):
     assert "0.550 ± 0.071 (2)" in iso.split("### Pearson")[1]
     per_run = pd.read_csv(root / "isometry_summary.csv")
     assert len(per_run) == 4 and set(per_run["layer"]) == {0, 1}
+
+
+def test_paired_differences_to_beta_zero_with_t_intervals(sweeps):
+    from isorobust.sweeps.aggregate import paired_differences
+
+    summary = summary_frame(find_runs(sweeps), sweeps)
+    paired = paired_differences(summary).set_index(["reg_weight", "attack", "epsilon"])
+    # β=1 vs β=0, seeds 0 and 1 (seed 2 of β=1 is incomplete): fgsm ε=0.1: 0.8-0.5, 0.9-0.6
+    row = paired.loc[(1.0, "fgsm", 0.1)]
+    assert row["mean"] == pytest.approx(0.3) and row["n"] == 2
+    assert row["ci_low"] == pytest.approx(0.3) and row["ci_high"] == pytest.approx(0.3)
+    # ε=0.3: 0.1-0.2, 0.1-0.3 -> mean -0.15, sd 0.0707, t(0.975, 1 df) = 12.706
+    row = paired.loc[(1.0, "fgsm", 0.3)]
+    half = 12.7062 * math.sqrt(0.005) / math.sqrt(2)
+    assert row["mean"] == pytest.approx(-0.15)
+    assert row["ci_low"] == pytest.approx(-0.15 - half, rel=1e-4) and row["ci_high"] == pytest.approx(-0.15 + half, rel=1e-4)
+    md = summary_markdown(summary, find_runs(sweeps), sweeps)
+    section = md.split("## Paired differences to β=0")[1]
+    assert "+30.00 [+30.00, +30.00] *" in section
+    assert "In words: 4 of 4" not in section and "differ from β=0 by more than the seeds explain" in section
+    assert "β=1 fgsm ε=0.1: +30.00" in section

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -143,6 +144,39 @@ def aggregate_robustness(summary: pd.DataFrame) -> pd.DataFrame:
     return _mean_std_n(summary, keys, "robust_accuracy")
 
 
+def t_quantile(n: int, level: float = 0.95) -> float:
+    """Two-sided Student-t quantile for a mean of ``n`` values (NaN below 2 values)."""
+    if n < 2:
+        return float("nan")
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2, n - 1))
+
+
+def paired_differences(summary: pd.DataFrame) -> pd.DataFrame:
+    """Robust accuracy minus that of the β=0 configuration with the same seed (and every other setting
+    equal), per configuration, attack, level and ε: mean, sample std, n and a 95 % t-interval.
+
+    Pairing by seed removes what the seeds share (initialisation, data order) from the comparison.
+    """
+    keys = [k for k in ("dataset", "model", "n_samples", SETTING, "attack", "norm", LEVEL, "epsilon")
+            if k in summary.columns]
+    value = ["seed", "robust_accuracy"]
+    base = summary[summary["reg_weight"] == 0].drop_duplicates([*keys, "seed"])[[*keys, *value]]
+    others = summary[summary["reg_weight"] != 0]
+    if base.empty or others.empty:
+        return pd.DataFrame()
+    merged = others.merge(base, on=[*keys, "seed"], suffixes=("", "_baseline"), how="inner")
+    merged["difference"] = merged["robust_accuracy"] - merged["robust_accuracy_baseline"]
+    group = [k for k in (*CONFIG_COLUMNS, SETTING, "attack", "norm", LEVEL, "epsilon") if k in merged.columns]
+    out = merged.groupby(group, sort=True, dropna=False)["difference"].agg(mean="mean", std="std", n="count")
+    out = out.reset_index()
+    half = [t_quantile(int(n)) * sd / math.sqrt(n) if n > 1 else float("nan") for sd, n in zip(out["std"], out["n"])]
+    out["ci_low"] = out["mean"] - half
+    out["ci_high"] = out["mean"] + half
+    return out
+
+
 def isometry_frame(summary: pd.DataFrame, root: Path) -> pd.DataFrame:
     """One row per (run, hidden layer): the run's configuration and its pooled isometry figures
     (``metrics.json["isometry"]["layers"]``, written by every `isorobust train`)."""
@@ -263,6 +297,42 @@ def summary_markdown(summary: pd.DataFrame, runs: list[RunDir], root: Path,
             rows.append([f"{eps:.4g}", *(cells.get(c, "–") for c in columns)])
         lines += ["", f"## {attack} ({norm}{level}): robust accuracy on {n_samples} test samples", ""]
         lines += _table(["ε", *(label_of[c] for c in columns)], rows)
+    paired = paired_differences(summary)
+    if not paired.empty:
+        lines += ["", "## Paired differences to β=0 (same seed), robust accuracy in points", "",
+                  "mean difference [95 % t-interval over seeds]; a * marks an interval that excludes 0."]
+        distinguishable = []
+        sections = paired[["attack", LEVEL]].drop_duplicates() if LEVEL in paired else paired[["attack"]].drop_duplicates()
+        for _, section in sections.iterrows():
+            part = paired[paired["attack"] == section["attack"]]
+            title = section["attack"]
+            if LEVEL in paired and pd.notna(section.get(LEVEL)):
+                part = part[part[LEVEL] == section[LEVEL]]
+                title += f", level {int(section[LEVEL])}"
+            columns = [c for c in label_of if c in {key(r) for _, r in part.iterrows()}]
+            rows = []
+            for eps, at_eps in part.groupby("epsilon", sort=True):
+                cells = {}
+                for _, r in at_eps.iterrows():
+                    excludes = r["n"] > 1 and (r["ci_low"] > 0 or r["ci_high"] < 0)
+                    if excludes:
+                        distinguishable.append(f"{label_of[key(r)]} {title} ε={eps:.3g}: {100 * r['mean']:+.2f}")
+                    interval = (f" [{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}]"
+                                if r["n"] > 1 else " (one seed)")
+                    cells[key(r)] = f"{100 * r['mean']:+.2f}{interval}{' *' if excludes else ''}"
+                rows.append([f"{eps:.4g}", *(cells.get(c, "–") for c in columns)])
+            lines += ["", f"### {title}", ""]
+            lines += _table(["ε", *(label_of[c] for c in columns)], rows)
+        cells = len(paired)
+        if distinguishable:
+            lines += ["", f"In words: {len(distinguishable)} of {cells} (configuration, attack, ε) cells differ from "
+                          "β=0 by more than the seeds explain (95 % interval excludes 0): " + "; ".join(distinguishable)
+                      + ". Everywhere else the difference is not distinguishable from zero with these seeds."]
+        else:
+            lines += ["", f"In words: none of the {cells} (configuration, attack, ε) differences to β=0 is "
+                          "distinguishable from zero with these seeds (every 95 % interval contains 0)."]
+        lines += [f"These are {cells} separate comparisons without a multiple-testing correction: about "
+                  f"{0.05 * cells:.1f} of them would exclude 0 by chance alone even if β changed nothing."]
     if isometry is not None and not isometry.empty:
         lines += ["", "## Isometry of the hidden layers (test split, pooled over classes)", "",
                   "K̂: best-fit scale (d_z ≈ d_x/K̂); Pearson: correlation of input and representation distances "
