@@ -21,3 +21,29 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) 
         [sys.executable, "-m", "isorobust", *args],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def brightest_row_data(n: int = 300):
+    """Images of 1×4×5 pixels whose class is the brightest row: 4 classes (targeted DLR needs >= 4)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 1, 4, 5, generator=g)
+    return x, x.sum(dim=3).squeeze(1).argmax(dim=1)
+
+
+def fit_tiny_mlp(seed: int, x, y):
+    """A small tanh MLP fitted full-batch to (x, y): near 100% clean accuracy on brightest_row_data."""
+    import torch
+    import torch.nn.functional as F
+
+    from isorobust.models import MLP
+
+    torch.manual_seed(seed)
+    model = MLP(in_features=x[0].numel(), width=32, depth=2, num_classes=int(y.max()) + 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(600):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()

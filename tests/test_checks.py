@@ -2,24 +2,12 @@
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from isorobust.evaluation.attacks import FGSM, LinfPGD
 from isorobust.evaluation.autoattack import Square
 from isorobust.evaluation.checks import attack_checks, noise, table_checks
-from isorobust.models import MLP
-
-
-def fit(seed, x, y):
-    torch.manual_seed(seed)
-    model = MLP(in_features=20, width=32, depth=2, num_classes=4)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(600):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
+from tests.conftest import brightest_row_data, fit_tiny_mlp
 
 
 class Rounded(nn.Module):
@@ -35,10 +23,8 @@ class Rounded(nn.Module):
 
 @pytest.fixture(scope="module")
 def setup():
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(300, 1, 4, 5, generator=g)
-    y = x.sum(dim=3).squeeze(1).argmax(dim=1)
-    model, surrogate = fit(0, x, y), fit(1, x, y)
+    x, y = brightest_row_data()
+    model, surrogate = fit_tiny_mlp(0, x, y), fit_tiny_mlp(1, x, y)
     return model, surrogate, x[:200], y[:200]
 
 

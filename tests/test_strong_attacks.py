@@ -1,28 +1,17 @@
 """The stronger attacks and the original protocol on a tiny model with a known, learnable rule."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from isorobust.evaluation.attacks import FGSM, L2PGD, LinfPGD, robust_accuracy_curve
 from isorobust.evaluation.autoattack import AutoAttack, Square
 from isorobust.evaluation.paper import PaperFGSM
-from isorobust.models import MLP
+from tests.conftest import brightest_row_data, fit_tiny_mlp
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    """Images of 1×4×5 pixels; class = the brightest row (4 classes: targeted DLR needs >= 4)."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(300, 1, 4, 5, generator=g)
-    y = x.sum(dim=3).squeeze(1).argmax(dim=1)
-    torch.manual_seed(0)
-    model = MLP(in_features=20, width=32, depth=2, num_classes=4)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(600):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval(), x, y
+    x, y = brightest_row_data()
+    return fit_tiny_mlp(0, x, y), x, y
 
 
 def curve(model, attack, x, y, eps):
