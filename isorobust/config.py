@@ -27,6 +27,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("trainer.epochs", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("trainer.batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("trainer.lr", lambda v: _is_number(v) and v > 0, "> 0"),
+    ("trainer.adv.eps", lambda v: _is_number(v) and 0 <= v <= 1, "in [0, 1]"),
+    ("trainer.adv.steps", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("reg.weight", lambda v: _is_number(v) and v >= 0, ">= 0"),
     ("reg.scale", lambda v: _is_number(v) and v > 0, "> 0"),
     ("reg.layer", lambda v: isinstance(v, int), "an integer"),

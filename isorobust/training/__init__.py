@@ -1,4 +1,5 @@
-from isorobust.training.standard import StandardTrainer, TrainingDiverged
+from isorobust.training.adversarial import AdversarialTrainer
 from isorobust.training.hierarchical import HierarchicalTrainer
+from isorobust.training.standard import StandardTrainer, TrainingDiverged
 
-__all__ = ["StandardTrainer", "HierarchicalTrainer", "TrainingDiverged"]
+__all__ = ["StandardTrainer", "HierarchicalTrainer", "AdversarialTrainer", "TrainingDiverged"]

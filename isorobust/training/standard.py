@@ -89,7 +89,7 @@ class StandardTrainer:
             ce_sum, reg_sum = 0.0, 0.0
             bar = self._batches(len(train), shuffle, train.x.device, epoch)
             for b, idx in bar:
-                x, y = train.x[idx], train.y[idx]
+                x, y = self.training_inputs(model, train.x[idx], train.y[idx]), train.y[idx]
                 logits, features = model.forward_features(x)
                 ce = F.cross_entropy(logits, y)
                 loss = ce
@@ -130,6 +130,10 @@ class StandardTrainer:
             self._save_checkpoint(ckpt_path, epoch, model, optimizer, shuffle)
         model.eval()
         return self.history
+
+    def training_inputs(self, model: torch.nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """The inputs a step trains on: the clean batch here; adversarial examples in AdversarialTrainer."""
+        return x
 
     def _begin(self, model: torch.nn.Module, seed: int, run_dir: Path
                ) -> tuple[torch.optim.Optimizer, torch.Generator, int, Path]:
