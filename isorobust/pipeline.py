@@ -100,7 +100,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     attack_s = time.perf_counter() - t0
     markdown = write_tables(run_dir, table, attacks)
     t0 = time.perf_counter()
-    checks = sanity_checks(cfg, model, data, table, run_dir)
+    checks = sanity_checks(cfg, model, data, table, attacks, run_dir)
     checks_s = time.perf_counter() - t0
 
     metrics = {
@@ -146,7 +146,8 @@ def load_run(run: Any) -> tuple[Path, DictConfig, Any]:
     return run_dir, run_cfg, io.load_model(run_dir / "model.pt")
 
 
-def sanity_checks(cfg: DictConfig, model: Any, data: Any, table: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
+def sanity_checks(cfg: DictConfig, model: Any, data: Any, table: pd.DataFrame, attacks: Mapping[str, Attack],
+                  out_dir: Path) -> dict[str, Any]:
     """Gradient-masking checks (evaluation/checks.py): writes checks.csv, prints the summary."""
     if "level" in table.columns:  # hierarchical: the finest level is the model's own classifier
         table = table[table["level"] == table["level"].max()]
@@ -155,8 +156,7 @@ def sanity_checks(cfg: DictConfig, model: Any, data: Any, table: pd.DataFrame, o
     # The extra attacks need image-shaped inputs (Square works on pixels).
     if settings is not None and settings.enabled and data.test.x.dim() == 4:
         x, y = data.test.x[: settings.n_samples], data.test.y[: settings.n_samples]
-        configured = dict(build_attacks(cfg.attack)) if cfg.get("attack") else {}
-        pgd = next((a for a in configured.values() if isinstance(a, LinfPGD)), LinfPGD())
+        pgd = next((a for a in attacks.values() if isinstance(a, LinfPGD)), LinfPGD())
         surrogate = train_surrogate(data, data.num_classes, settings.surrogate_epochs, seed=int(cfg.seed) + 1000)
         results += attack_checks(model, x, y, settings.epsilons, pgd, FGSM(), instantiate(settings.gradient_free),
                                  surrogate, int(cfg.eval.batch_size), int(cfg.seed))
@@ -178,7 +178,8 @@ def check(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     validate(merged)
     device = resolve_device(merged.device)
     data = instantiate(merged.dataset).to(device)
-    checks = sanity_checks(merged, model.to(device), data, pd.read_csv(table_path), out_dir)
+    checks = sanity_checks(merged, model.to(device), data, pd.read_csv(table_path), build_attacks(merged.attack),
+                           out_dir)
     print(checks["summary"], flush=True)
     return checks
 
