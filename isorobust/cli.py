@@ -16,7 +16,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # An editable install / source checkout reads ./configs; a wheel carries them inside the package.
 _SOURCE_CONFIGS = PACKAGE_DIR.parent / "configs"
 CONFIG_DIR = _SOURCE_CONFIGS if _SOURCE_CONFIGS.is_dir() else PACKAGE_DIR / "configs"
-GROUPS = ("dataset", "model", "trainer", "reg", "attack", "hierarchy")
+GROUPS = ("dataset", "model", "trainer", "reg", "attack", "hierarchy", "experiment", "baseline")
 
 USAGE = """usage: isorobust <command> [overrides...]
 
@@ -25,6 +25,7 @@ commands:
   attack    re-attack a saved run: isorobust attack run=<run dir> [attack=pgd] [eval.epsilons=[...]]
   check     gradient-masking sanity checks of a saved run: isorobust check run=<run dir>
   report    aggregate the runs below a folder: isorobust report outputs/multirun/<date>/<time>
+            or several sweeps into one study: isorobust report SWEEP1 SWEEP2 --out docs/results/mnist.md
 
 train and attack take Hydra overrides and --help, --cfg job, -m (multirun), hydra.run.dir=...
 """
@@ -103,15 +104,22 @@ def report(args: list[str]) -> None:
         prog="isorobust report",
         description="Aggregate every run directory below DIR (recursively) over seeds and write "
                     "DIR/summary.csv, summary.md, robustness.png and robustness.pdf. Incomplete runs "
-                    "(no metrics.json or robustness.csv) are listed and ignored.",
+                    "(no metrics.json or robustness.csv) are listed and ignored. With --out, one study "
+                    "report over several sweep directories (the first is the main sweep; its β=0 runs "
+                    "are the reference) goes to FILE.md, its figures and CSV beside it.",
     )
-    parser.add_argument("dir", type=Path, help="a sweep directory, or any folder holding run directories")
+    parser.add_argument("dirs", type=Path, nargs="+", metavar="DIR",
+                        help="a sweep directory, or any folder holding run directories")
+    parser.add_argument("--out", type=Path, metavar="FILE.md", help="write a study report over all DIRs here")
     parser.error = fail  # type: ignore[method-assign]  # one line, like every other error
     options = parser.parse_args(args)
     from isorobust.sweeps.report import write_report
+    from isorobust.sweeps.study import write_study
 
+    if options.out is None and len(options.dirs) > 1:
+        fail("several directories need --out FILE.md (one study report over all of them)")
     try:
-        result = write_report(options.dir)
+        result = write_report(options.dirs[0]) if options.out is None else write_study(options.dirs, options.out)
     except IsorobustError as exc:
         fail(str(exc))
     print(result.markdown, end="", flush=True)
@@ -133,9 +141,9 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"unknown command {command!r} (choose from: {', '.join(COMMANDS)})")
     if command == "report":
         return report(rest)
-    from isorobust.sweeps.threads import register_resolver  # for --cfg job --resolve
+    from isorobust.resolvers import register_resolvers  # for --cfg job --resolve
 
-    register_resolver()
+    register_resolvers()
     check_group_overrides(rest)
     signal.signal(signal.SIGTERM, _terminate)
     sys.argv = [f"isorobust-{command}", *rest]

@@ -23,15 +23,20 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+# Per regularizer (``reg`` itself, or each ``reg.<name>`` when a config holds several).
+REG_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("weight", lambda v: _is_number(v) and v >= 0, ">= 0"),
+    ("scale", lambda v: _is_number(v) and v > 0, "> 0"),
+    ("layer", lambda v: isinstance(v, int), "an integer"),
+    ("n_projections", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+]
+
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("trainer.epochs", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("trainer.batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("trainer.lr", lambda v: _is_number(v) and v > 0, "> 0"),
     ("trainer.adv.eps", lambda v: _is_number(v) and 0 <= v <= 1, "in [0, 1]"),
     ("trainer.adv.steps", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-    ("reg.weight", lambda v: _is_number(v) and v >= 0, ">= 0"),
-    ("reg.scale", lambda v: _is_number(v) and v > 0, "> 0"),
-    ("reg.layer", lambda v: isinstance(v, int), "an integer"),
     ("model.width", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("model.depth", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     ("dataset.train_size", lambda v: isinstance(v, int) and v >= 1, "null or an integer >= 1"),
@@ -53,6 +58,16 @@ def validate(cfg: DictConfig, required: tuple[str, ...] = ()) -> None:
             continue
         if not ok(value):
             problems.append(f"{key} must be {want} (got {value!r})")
+    reg = _get(cfg, "reg")
+    if isinstance(reg, DictConfig):
+        single = "_target_" in reg or not any(isinstance(v, DictConfig) for v in reg.values())
+        terms = {"reg": reg} if single else {
+            f"reg.{name}": term for name, term in reg.items() if isinstance(term, DictConfig)}
+        for prefix, term in terms.items():
+            for key, ok, want in REG_RULES:
+                value = _get(term, key)
+                if value is not None and not ok(value):
+                    problems.append(f"{prefix}.{key} must be {want} (got {value!r})")
     epsilons = _get(cfg, "eval.epsilons")
     if epsilons is not None:
         if not list(epsilons):
@@ -63,7 +78,7 @@ def validate(cfg: DictConfig, required: tuple[str, ...] = ()) -> None:
     for name, attack in (_get(cfg, "attack") or {}).items():
         if not isinstance(attack, DictConfig):
             continue
-        for key in ("steps", "restarts", "n_queries", "square_queries"):
+        for key in ("steps", "restarts", "n_queries", "square_queries", "n_samples"):
             value = _get(attack, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 problems.append(f"attack.{name}.{key} must be an integer >= 1 (got {value!r})")

@@ -25,6 +25,7 @@ from isorobust.hierarchy.evaluation import (
 )
 from isorobust.sweeps.resume import completed_metrics, run_record
 from isorobust.sweeps.threads import apply_threads
+from isorobust.training.standard import isometric_monitor
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,34 @@ def build_attacks(attack_cfg: Mapping[str, Any]) -> dict[str, Attack]:
     return {name: instantiate(c, name=name) for name, c in attack_cfg.items()}
 
 
+def regularizer_configs(reg_cfg: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """The ``reg`` node as a list: one regularizer (``+reg=isometric``) or several under their own
+    keys (``+reg=isometric_jacobian``, or ``+reg@reg.isometric=isometric +reg@reg.jacobian=jacobian``)."""
+    if reg_cfg is None:
+        return []
+    if "_target_" in reg_cfg:
+        return [reg_cfg]
+    terms = [c for c in reg_cfg.values() if isinstance(c, Mapping) and "_target_" in c]
+    if not terms:
+        raise ConfigError("reg holds no regularizer (expected _target_ in reg or in each reg.<name>)")
+    return terms
+
+
+def build_regularizers(reg_cfg: Mapping[str, Any] | None) -> list[Any]:
+    return [instantiate(c) for c in regularizer_configs(reg_cfg)]
+
+
 def run_meta(cfg: DictConfig) -> dict[str, Any]:
-    reg = cfg.get("reg")
+    """The run's identity in every table row. With several regularizers, ``reg`` joins their names
+    and ``reg_weight``/``reg_scale`` are the isometric term's (β, K) where there is one."""
+    terms = regularizer_configs(cfg.get("reg"))
+    main = next((t for t in terms if t.get("name") == "isometric"), terms[0] if terms else None)
     return {
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
-        "reg": reg.name if reg is not None else "none",
-        "reg_weight": float(reg.weight) if reg is not None else 0.0,
-        "reg_scale": float(reg.scale) if reg is not None else 0.0,
+        "reg": "+".join(str(t.get("name")) for t in terms) if terms else "none",
+        "reg_weight": float(main.weight) if main is not None else 0.0,
+        "reg_scale": float(main.get("scale") or 0.0) if main is not None else 0.0,
         "seed": int(cfg.seed),
     }
 
@@ -72,9 +93,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     data = instantiate(cfg.dataset).to(device)
     model = instantiate(cfg.model, input_shape=data.input_shape, num_classes=data.num_classes).to(device)
-    regularizer = instantiate(cfg.reg) if cfg.get("reg") is not None else None
-    if regularizer is not None and not -model.num_hidden <= regularizer.layer < model.num_hidden:
-        raise ConfigError(f"reg.layer must be in [{-model.num_hidden}, {model.num_hidden - 1}] (got {regularizer.layer})")
+    regularizers = build_regularizers(cfg.get("reg"))
+    for r in regularizers:
+        layer = getattr(r, "layer", None)
+        if layer is not None and not -model.num_hidden <= layer < model.num_hidden:
+            raise ConfigError(f"the {r.name} regularizer's layer must be in [{-model.num_hidden}, "
+                              f"{model.num_hidden - 1}] (got {layer})")
     iso_layers, iso_max_per_class = isometry_options(cfg.eval, model.num_hidden)
     attacks = build_attacks(cfg.attack)
     epsilons = sorted_epsilons(cfg.eval.epsilons)
@@ -82,13 +106,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     log.info("data %s: %d train / %d test on %s", data.name, len(data.train), len(data.test), device)
 
     t0 = time.perf_counter()
-    history = trainer.fit(model, data, regularizer, seed=cfg.seed, run_dir=run_dir)
+    history = trainer.fit(model, data, regularizers, seed=cfg.seed, run_dir=run_dir)
     train_s = time.perf_counter() - t0
     io.save_torch(run_dir / "model.pt", io.model_checkpoint(model))
 
     t0 = time.perf_counter()
-    monitor_scale = regularizer.scale if regularizer is not None else 10.0
-    monitor_layer = regularizer.layer if regularizer is not None else -1
+    monitor_scale, monitor_layer = isometric_monitor(regularizers)
     test = clean_metrics(model, data.test, trainer.batch_size, monitor_scale, monitor_layer)
     isometry = isometry_report(model, data, run_dir, iso_layers, iso_max_per_class)  # writes isometry.csv
     eval_s = time.perf_counter() - t0
@@ -112,6 +135,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "isometric_loss_layer": monitor_layer,
         "train_cross_entropy": history[-1]["train_cross_entropy"],
         "train_isometric_loss": history[-1]["train_isometric_loss"],
+        **{k: v for k, v in history[-1].items() if k.startswith("train_") and k.endswith("_loss")},
+        "regularizers": [{"name": r.name, "weight": float(r.weight)} for r in regularizers],
         "n_train": len(data.train),
         "n_test": len(data.test),
         "history": history,

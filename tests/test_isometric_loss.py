@@ -99,4 +99,4 @@ def test_regularizer_uses_configured_layer():
     y = torch.randint(0, 2, (8,))
     feats = [torch.rand(8, 3), torch.rand(8, 3)]
     reg = IsometricRegularizer(weight=0.1, scale=2.0, layer=0)
-    assert reg(x, feats, y).item() == pytest.approx(isometric_loss(x, feats[0], y, scale=2.0).item())
+    assert reg(x, torch.rand(8, 2), feats, y).item() == pytest.approx(isometric_loss(x, feats[0], y, scale=2.0).item())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from isorobust.data import ImageDataset
+from isorobust.errors import ConfigError
 from isorobust.hierarchy import Hierarchy
 from isorobust.losses import isometric_loss
 from isorobust.models.hierarchical import HierarchicalMLP
@@ -76,14 +78,19 @@ class HierarchicalTrainer(StandardTrainer):
         self,
         model: HierarchicalMLP,
         data: ImageDataset,
-        regularizer: Regularizer | None,
+        regularizers: Sequence[Regularizer] | None,
         seed: int,
         run_dir: Path,
         **_: Any,
     ) -> list[dict[str, Any]]:
         hierarchy = Hierarchy(model.levels, model.num_classes)
+        regularizers = list(regularizers or [])
+        other = [r.name for r in regularizers if r.name != "isometric"]
+        if other:
+            raise ConfigError(f"trainer=hierarchical trains with reg=isometric only (got {', '.join(other)})")
+        regularizer = regularizers[0] if regularizers else None
         weight = regularizer.weight if regularizer is not None else 0.0
-        scale = regularizer.scale if regularizer is not None else None
+        scale = getattr(regularizer, "scale") if regularizer is not None else None
         train = data.train
         optimizer, shuffle, start_epoch, ckpt_path = self._begin(model, seed, run_dir)
         n_batches = math.ceil(len(train) / self.batch_size)

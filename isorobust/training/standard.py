@@ -1,4 +1,4 @@
-"""The training loop: cross-entropy plus an optional regularizer, Adam, shuffled minibatches."""
+"""The training loop: cross-entropy plus weighted regularizers, Adam, shuffled minibatches."""
 from __future__ import annotations
 
 import logging
@@ -6,6 +6,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
@@ -25,12 +26,22 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 class Regularizer(Protocol):
+    """A loss term: ``weight × term(x, logits, features, y)`` is added to the cross-entropy."""
+
     name: str
     weight: float
-    scale: float
-    layer: int
+    needs_input_grad: bool  # the term differentiates through x (x then requires grad)
 
-    def __call__(self, x: Tensor, features: list[Tensor], y: Tensor) -> Tensor: ...
+    def __call__(self, x: Tensor, logits: Tensor, features: list[Tensor], y: Tensor) -> Tensor: ...
+
+
+def isometric_monitor(regularizers: Sequence[Regularizer], scale: float = 10.0, layer: int = -1
+                      ) -> tuple[float, int]:
+    """K and layer of the run's isometric regularizer, if any: the held-out isometric loss uses them."""
+    for r in regularizers:
+        if r.name == "isometric":
+            return float(getattr(r, "scale")), int(getattr(r, "layer"))
+    return scale, layer
 
 
 class TrainingDiverged(IsorobustError):
@@ -56,7 +67,7 @@ def check_finite(loss_value: float, epoch: int, batch: int, n_batches: int) -> N
 
 @dataclass
 class StandardTrainer:
-    """Adam on CE (+ β·regularizer), one shuffled pass over the training set per epoch.
+    """Adam on CE + Σ weight·regularizer, one shuffled pass over the training set per epoch.
 
     Writes ``checkpoint.pt`` (model, optimizer, shuffling RNG, history) after every epoch, so
     ``resume=True`` continues an interrupted run to the same numbers as an uninterrupted one.
@@ -74,47 +85,47 @@ class StandardTrainer:
         self,
         model: MLP,
         data: ImageDataset,
-        regularizer: Regularizer | None,
+        regularizers: Sequence[Regularizer] | None,
         seed: int,
         run_dir: Path,
         monitor_scale: float = 10.0,
         monitor_layer: int = -1,
     ) -> list[dict[str, Any]]:
+        regularizers = list(regularizers or [])
+        input_grad = any(r.needs_input_grad for r in regularizers)
+        monitor_scale, monitor_layer = isometric_monitor(regularizers, monitor_scale, monitor_layer)
         train = data.train
         optimizer, shuffle, start_epoch, ckpt_path = self._begin(model, seed, run_dir)
         n_batches = math.ceil(len(train) / self.batch_size)
         for epoch in range(start_epoch, self.epochs):
             model.train()
             t0 = time.perf_counter()
-            ce_sum, reg_sum = 0.0, 0.0
+            ce_sum, reg_sums = 0.0, {r.name: 0.0 for r in regularizers}
             bar = self._batches(len(train), shuffle, train.x.device, epoch)
             for b, idx in bar:
                 x, y = self.training_inputs(model, train.x[idx], train.y[idx]), train.y[idx]
+                if input_grad:
+                    x = x.detach().requires_grad_(True)
                 logits, features = model.forward_features(x)
                 ce = F.cross_entropy(logits, y)
                 loss = ce
-                if regularizer is not None:
-                    reg = regularizer(x, features, y)
-                    loss = ce + regularizer.weight * reg
-                    reg_sum += reg.item()
+                for r in regularizers:
+                    term = r(x, logits, features, y)
+                    loss = loss + r.weight * term
+                    reg_sums[r.name] += term.item()
                 check_finite(loss.item(), epoch, b, n_batches)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 ce_sum += ce.item()
                 if b % 50 == 0:
-                    bar.set_postfix(ce=f"{ce_sum / (b + 1):.3f}", iso=f"{reg_sum / (b + 1):.3f}")
-            test = clean_metrics(
-                model,
-                data.test,
-                self.batch_size,
-                regularizer.scale if regularizer is not None else monitor_scale,
-                regularizer.layer if regularizer is not None else monitor_layer,
-            )
+                    bar.set_postfix(ce=f"{ce_sum / (b + 1):.3f}", **{n: f"{v / (b + 1):.3f}" for n, v in reg_sums.items()})
+            test = clean_metrics(model, data.test, self.batch_size, monitor_scale, monitor_layer)
             record = {
                 "epoch": epoch + 1,
                 "train_cross_entropy": ce_sum / n_batches,
-                "train_isometric_loss": reg_sum / n_batches if regularizer is not None else None,
+                "train_isometric_loss": None,  # kept when the run has no isometric term
+                **{f"train_{name}_loss": total / n_batches for name, total in reg_sums.items()},
                 "test_accuracy": test["accuracy"],
                 "test_cross_entropy": test["cross_entropy"],
                 "test_isometric_loss": test["isometric_loss"],
@@ -122,9 +133,9 @@ class StandardTrainer:
             }
             self.history.append(record)
             log.info(
-                "epoch %d/%d  train CE %.4f  iso %s  test acc %.4f  (%.1fs)",
+                "epoch %d/%d  train CE %.4f  %s  test acc %.4f  (%.1fs)",
                 epoch + 1, self.epochs, record["train_cross_entropy"],
-                "-" if record["train_isometric_loss"] is None else f"{record['train_isometric_loss']:.4f}",
+                "  ".join(f"{n} {v / n_batches:.4f}" for n, v in reg_sums.items()) or "no regularizer",
                 record["test_accuracy"], record["seconds"],
             )
             self._save_checkpoint(ckpt_path, epoch, model, optimizer, shuffle)
