@@ -31,6 +31,7 @@ class Attack:
     norm: str = "linf"
     restarts: int = 1
     epsilons: list[float] | None = None  # this attack's own grid (e.g. L2 radii); None = eval.epsilons
+    n_samples: int | None = None  # attack only the first N evaluation samples (slow attacks); None = all
     batch_dependent = False
     cumulative = True  # False: each ε judged on its own (the original protocol's way of counting)
 

@@ -42,28 +42,33 @@ def robustness_table(
     """One row per (attack, ε) with the columns of ``TABLE_COLUMNS`` (and ``meta`` filled in)."""
     x, y = (test.x, test.y) if n_samples is None else (test.x[:n_samples], test.y[:n_samples])
     rows = []
-    outcomes: dict[tuple, list[list]] = {}  # (norm, ε grid) -> per attack: masks per ε
+    outcomes: dict[tuple, list[tuple]] = {}  # (norm, ε) -> per attack: (robust mask, clean accuracy)
 
     def add_rows(name: str, norm: str, clean: float, grid: Sequence[float], masks: list) -> None:
         for eps, mask in zip(grid, masks):
             rows.append({
                 **meta, "attack": name, "norm": norm, "epsilon": float(eps),
-                "n_samples": int(x.shape[0]), "clean_accuracy": clean, "robust_accuracy": robust_accuracy(mask),
+                "n_samples": int(mask.shape[0]), "clean_accuracy": clean, "robust_accuracy": robust_accuracy(mask),
             })
 
     for name, attack in tqdm(attacks.items(), desc="attacks", disable=None if progress is None else not progress):
         grid = sorted(float(e) for e in attack.epsilons) if attack.epsilons else list(epsilons)
-        correct, masks = robust_masks(model, attack, x, y, grid, batch_size, seed)
+        n = x.shape[0] if attack.n_samples is None else min(int(attack.n_samples), x.shape[0])
+        correct, masks = robust_masks(model, attack, x[:n], y[:n], grid, batch_size, seed)
         clean = robust_accuracy(correct)
         log.info("%s: clean %.4f, robust %s", name, clean, " ".join(f"{robust_accuracy(m):.4f}" for m in masks))
         add_rows(name, attack.norm, clean, grid, masks)
-        outcomes.setdefault((attack.norm, tuple(grid)), []).append(masks)
+        for eps, mask in zip(grid, masks):
+            outcomes.setdefault((attack.norm, float(eps)), []).append((mask, clean))
     norms = {norm for norm, _ in outcomes}
-    for (norm, grid), results in outcomes.items():
+    # Worst case per (norm, ε) over every attack that ran there, on the samples all of them attacked
+    # (a trimmed attack, e.g. AutoAttack on the first N, limits that ε's row to those N).
+    for (norm, eps), results in outcomes.items():
         if len(results) > 1:
-            # A sample counts as robust only if it survives every attack of this norm.
-            worst = [torch.stack(per_eps).all(dim=0) for per_eps in zip(*results)]
-            add_rows(WORST_CASE if len(norms) == 1 else f"{WORST_CASE}_{norm}", norm, clean, grid, worst)
+            n = min(mask.shape[0] for mask, _ in results)
+            worst = torch.stack([mask[:n] for mask, _ in results]).all(dim=0)
+            clean = next(c for mask, c in results if mask.shape[0] == n)
+            add_rows(WORST_CASE if len(norms) == 1 else f"{WORST_CASE}_{norm}", norm, clean, [eps], [worst])
     frame = pd.DataFrame(rows)
     extra = [c for c in frame.columns if c not in TABLE_COLUMNS]
     return frame[TABLE_COLUMNS + extra]
@@ -73,8 +78,10 @@ def markdown_table(frame: pd.DataFrame, attacks: Mapping[str, FoolboxAttack] | N
     """Rows ε, columns attacks, robust accuracy in percent; a header line with the run's facts."""
     first = frame.iloc[0]
     wide = frame.pivot_table(index="epsilon", columns="attack", values="robust_accuracy", sort=False)
-    wide = wide[list(dict.fromkeys(frame["attack"]))]
-    reg = "none" if first["reg"] == "none" else f"{first['reg']} (β={first['reg_weight']:g}, K={first['reg_scale']:g})"
+    wide = wide[list(dict.fromkeys(frame["attack"]))].sort_index()
+    reg = ("none" if first["reg"] == "none"
+           else f"{first['reg']} (β={first['reg_weight']:g}, K={first['reg_scale']:g})" if "isometric" in first["reg"]
+           else f"{first['reg']} (weight {first['reg_weight']:g})")
     lines = [
         f"Robust accuracy (%) — dataset {first['dataset']}, model {first['model']}, regularizer {reg}, "
         f"seed {first['seed']}, {first['n_samples']} test samples, clean accuracy {100 * first['clean_accuracy']:.2f}%",
@@ -83,10 +90,11 @@ def markdown_table(frame: pd.DataFrame, attacks: Mapping[str, FoolboxAttack] | N
         "|---:|" + "---:|" * len(wide.columns),
     ]
     for eps, row in wide.iterrows():
-        lines.append(f"| {eps:.4g} | " + " | ".join(f"{100 * v:.2f}" for v in row) + " |")
+        lines.append(f"| {eps:.4g} | " + " | ".join("—" if v != v else f"{100 * v:.2f}" for v in row) + " |")
     lines.append("")
     if attacks:
-        lines += [f"- {name}: {a.describe()}" for name, a in attacks.items()]
+        lines += [f"- {name}: {a.describe()}" + (f" — first {a.n_samples} test samples only" if a.n_samples else "")
+                  for name, a in attacks.items()]
     if any(str(a).startswith(WORST_CASE) for a in wide.columns):
         lines.append(f"- {WORST_CASE}: per sample, robust only if it survives every attack above (of that norm)")
     lines.append(f"- {SWEEP_NOTE}")
