@@ -94,10 +94,10 @@ def test_markdown_has_mean_std_n_and_lists_incomplete_runs(sweeps):
     runs = find_runs(sweeps)
     md = summary_markdown(summary_frame(runs, sweeps), runs, sweeps)
     assert "5 complete run(s), 2 incomplete" in md
-    assert "98.00 ± 1.00 (3)" in md.split("## Clean accuracy")[1].split("##")[0]  # β=0 over seeds 0, 1, 2
+    assert "98.00 ± 1.00 [95.5, 100.5] (3)" in md.split("## Clean accuracy")[1].split("##")[0]  # β=0 over seeds 0, 1, 2
     fgsm = md.split("## fgsm")[1].split("##")[0]
     line_01 = next(line for line in fgsm.splitlines() if line.split("|")[1:2] == [" 0.1 "])
-    assert "60.00 ± 10.00 (3)" in line_01 and "85.00 ± 7.07 (2)" in line_01
+    assert "60.00 ± 10.00 [35.2, 84.8] (3)" in line_01 and "85.00 ± 7.07 [21.5, 148.5] (2)" in line_01
     assert "sweep-b/1: no metrics.json" in md and "sweep-b/2: no metrics.json, robustness.csv" in md
 
 
@@ -132,7 +132,7 @@ def test_report_writes_the_three_files(sweeps):
 def test_report_command(sweeps):
     proc = run_cli("report", str(sweeps), cwd=sweeps)
     assert proc.returncode == 0, proc.stderr
-    assert "60.00 ± 10.00 (3)" in proc.stdout and "summary.csv" in proc.stdout.splitlines()[-1]
+    assert "60.00 ± 10.00 [35.2, 84.8] (3)" in proc.stdout and "summary.csv" in proc.stdout.splitlines()[-1]
     assert all((sweeps / name).is_file() for name in REPORT_FILES)
 
 

@@ -16,7 +16,8 @@ from isorobust.errors import IsorobustError
 # metrics.json is written last by `isorobust train`; with robustness.csv beside it the run is complete.
 COMPLETE_MARKERS = ("metrics.json", "robustness.csv")
 # The columns of robustness.csv that say which configuration a row belongs to (besides the seed).
-CONFIG_COLUMNS = ["dataset", "model", "reg", "reg_weight", "reg_scale", "n_samples"]
+CONFIG_COLUMNS = ["dataset", "model", "reg", "reg_weight", "reg_scale", "eval_samples"]
+EVAL_SAMPLES = "eval_samples"  # a run's evaluation set size (its largest n_samples: a trimmed attack has fewer)
 # Overrides that are already a column above, the seed itself, or switches that do not change results:
 # none of them makes two runs different configurations.
 NOT_A_SETTING = {
@@ -104,13 +105,15 @@ def load_run(run: Path, root: Path) -> pd.DataFrame:
         metrics = json.loads((run / "metrics.json").read_text())
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise IsorobustError(f"cannot read the results in {run}: {str(exc).splitlines()[0]}") from None
-    missing = [c for c in (*CONFIG_COLUMNS, "seed", "attack", "epsilon", "robust_accuracy") if c not in table]
+    wanted = [c for c in CONFIG_COLUMNS if c != EVAL_SAMPLES]
+    missing = [c for c in (*wanted, "n_samples", "seed", "attack", "epsilon", "robust_accuracy") if c not in table]
     if missing:
         raise IsorobustError(f"{run / 'robustness.csv'} lacks the columns {', '.join(missing)}")
     overrides = read_overrides(run)
     relative = run.relative_to(root).as_posix() if run != root else "."
     table.insert(0, "run", relative)
     table[TEST_CLEAN] = float(metrics["clean_accuracy"]) if "clean_accuracy" in metrics else float("nan")
+    table[EVAL_SAMPLES] = int(table["n_samples"].max())
     table[SETTING] = setting_of(overrides)
     for override in overrides:
         key, value = split_override(override)
@@ -139,7 +142,7 @@ def _mean_std_n(frame: pd.DataFrame, keys: list[str], value: str) -> pd.DataFram
 
 def aggregate_robustness(summary: pd.DataFrame) -> pd.DataFrame:
     """Mean, sample std (ddof=1; NaN for one run) and n of robust accuracy per configuration, attack and ε."""
-    keys = [*CONFIG_COLUMNS, SETTING, "attack", "norm", LEVEL, "epsilon"]
+    keys = [*CONFIG_COLUMNS, SETTING, "attack", "norm", "n_samples", LEVEL, "epsilon"]
     keys = [k for k in keys if k in summary.columns]
     return _mean_std_n(summary, keys, "robust_accuracy")
 
@@ -153,17 +156,21 @@ def t_quantile(n: int, level: float = 0.95) -> float:
     return float(t.ppf(0.5 + level / 2, n - 1))
 
 
-def paired_differences(summary: pd.DataFrame) -> pd.DataFrame:
+def paired_differences(summary: pd.DataFrame, reference: pd.Series | None = None) -> pd.DataFrame:
     """Robust accuracy minus that of the β=0 configuration with the same seed (and every other setting
     equal), per configuration, attack, level and ε: mean, sample std, n and a 95 % t-interval.
 
+    ``reference``: a boolean mask of the rows every other configuration is compared with instead
+    (e.g. β=0 of a study's main sweep, for baselines whose settings differ from it).
     Pairing by seed removes what the seeds share (initialisation, data order) from the comparison.
     """
-    keys = [k for k in ("dataset", "model", "n_samples", SETTING, "attack", "norm", LEVEL, "epsilon")
-            if k in summary.columns]
+    keys = [k for k in ("dataset", "model", "n_samples", *([SETTING] if reference is None else []),
+                        "attack", "norm", LEVEL, "epsilon") if k in summary.columns]
     value = ["seed", "robust_accuracy"]
-    base = summary[summary["reg_weight"] == 0].drop_duplicates([*keys, "seed"])[[*keys, *value]]
-    others = summary[summary["reg_weight"] != 0]
+    if reference is None:
+        reference = summary["reg_weight"] == 0
+    base = summary[reference].drop_duplicates([*keys, "seed"])[[*keys, *value]]
+    others = summary[~reference]
     if base.empty or others.empty:
         return pd.DataFrame()
     merged = others.merge(base, on=[*keys, "seed"], suffixes=("", "_baseline"), how="inner")
@@ -222,20 +229,24 @@ def configuration_labels(configs: pd.DataFrame) -> list[str]:
 
     labels = []
     for _, row in configs.iterrows():
-        parts = ["no regularizer" if row["reg"] == "none" else f"β={row['reg_weight']:g}"]
-        if varies("reg") and row["reg"] != "none":
+        isometric = "isometric" in str(row["reg"])
+        weight = f"β={row['reg_weight']:g}" if isometric else f"weight {row['reg_weight']:g}"
+        parts = ["no regularizer" if row["reg"] == "none" else weight]
+        if (varies("reg") or not isometric) and row["reg"] != "none":
             parts[0] = f"{row['reg']} {parts[0]}"
-        if varies("reg_scale") and row["reg"] != "none":
+        if varies("reg_scale") and isometric:
             parts.append(f"K={row['reg_scale']:g}")
-        parts += [f"{c}={row[c]}" for c in ("dataset", "model", "n_samples") if varies(c)]
+        parts += [f"{c}={row[c]}" for c in ("dataset", "model", EVAL_SAMPLES) if varies(c)]
         parts += [o for o in str(row.get(SETTING, "")).split() if o not in common]
         labels.append(", ".join(parts))
     return labels
 
 
 def _cell(mean: float, std: float, n: int) -> str:
+    """Percent: mean ± sample std [95 % t-interval of the mean] (n)."""
     if n > 1:
-        return f"{100 * mean:.2f} ± {100 * std:.2f} ({n})"
+        half = t_quantile(int(n)) * std / math.sqrt(n)
+        return f"{100 * mean:.2f} ± {100 * std:.2f} [{100 * (mean - half):.1f}, {100 * (mean + half):.1f}] ({n})"
     return f"{100 * mean:.2f} ({n})"
 
 
@@ -256,9 +267,10 @@ def _table(header: list[str], rows: list[list[str]], left: int = 0) -> list[str]
 
 
 def summary_markdown(summary: pd.DataFrame, runs: list[RunDir], root: Path,
-                     isometry: pd.DataFrame | None = None) -> str:
+                     isometry: pd.DataFrame | None = None, reference: pd.Series | None = None) -> str:
     """The sweep as terminal-readable markdown: clean accuracy, ε × configuration per attack (and level),
-    and, given ``aggregate_isometry``'s frame, the isometry figures per layer."""
+    and, given ``aggregate_isometry``'s frame, the isometry figures per layer. ``reference``: the rows
+    the paired differences compare with (default: β=0 of each setting)."""
     robust, clean = aggregate_robustness(summary), aggregate_clean(summary)
     configs = clean[[*CONFIG_COLUMNS, SETTING]]
     labels = configuration_labels(configs)
@@ -271,7 +283,7 @@ def summary_markdown(summary: pd.DataFrame, runs: list[RunDir], root: Path,
         "",
         f"Dataset {', '.join(map(str, summary['dataset'].unique()))}, model {', '.join(map(str, summary['model'].unique()))}; "
         f"{len(complete)} complete run(s), {len(incomplete)} incomplete (ignored).",
-        "Accuracy in %: mean ± sample std (ddof=1) over seeds, (n) = number of runs.",
+        "Accuracy in %: mean ± sample std (ddof=1) over seeds [95 % Student-t interval of the mean] (n = number of runs).",
         *([f"Overrides shared by all runs: {' '.join(common_overrides(configs))}"] if common_overrides(configs) else []),
         "",
         "## Clean accuracy (whole test split)",
@@ -297,9 +309,12 @@ def summary_markdown(summary: pd.DataFrame, runs: list[RunDir], root: Path,
             rows.append([f"{eps:.4g}", *(cells.get(c, "–") for c in columns)])
         lines += ["", f"## {attack} ({norm}{level}): robust accuracy on {n_samples} test samples", ""]
         lines += _table(["ε", *(label_of[c] for c in columns)], rows)
-    paired = paired_differences(summary)
+    paired = paired_differences(summary, reference)
+    against = "β=0"
+    if reference is not None and reference.any():
+        against = label_of.get(key(summary[reference].iloc[0]), "the reference")
     if not paired.empty:
-        lines += ["", "## Paired differences to β=0 (same seed), robust accuracy in points", "",
+        lines += ["", f"## Paired differences to {against} (same seed), robust accuracy in points", "",
                   "mean difference [95 % t-interval over seeds]; a * marks an interval that excludes 0."]
         distinguishable = []
         sections = paired[["attack", LEVEL]].drop_duplicates() if LEVEL in paired else paired[["attack"]].drop_duplicates()
@@ -326,13 +341,13 @@ def summary_markdown(summary: pd.DataFrame, runs: list[RunDir], root: Path,
         cells = len(paired)
         if distinguishable:
             lines += ["", f"In words: {len(distinguishable)} of {cells} (configuration, attack, ε) cells differ from "
-                          "β=0 by more than the seeds explain (95 % interval excludes 0): " + "; ".join(distinguishable)
+                          f"{against} by more than the seeds explain (95 % interval excludes 0): " + "; ".join(distinguishable)
                       + ". Everywhere else the difference is not distinguishable from zero with these seeds."]
         else:
-            lines += ["", f"In words: none of the {cells} (configuration, attack, ε) differences to β=0 is "
+            lines += ["", f"In words: none of the {cells} (configuration, attack, ε) differences to {against} is "
                           "distinguishable from zero with these seeds (every 95 % interval contains 0)."]
         lines += [f"These are {cells} separate comparisons without a multiple-testing correction: about "
-                  f"{0.05 * cells:.1f} of them would exclude 0 by chance alone even if β changed nothing."]
+                  f"{0.05 * cells:.1f} of them would exclude 0 by chance alone even if nothing changed."]
     if isometry is not None and not isometry.empty:
         lines += ["", "## Isometry of the hidden layers (test split, pooled over classes)", "",
                   "K̂: best-fit scale (d_z ≈ d_x/K̂); Pearson: correlation of input and representation distances "

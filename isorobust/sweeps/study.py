@@ -1,0 +1,235 @@
+"""`isorobust report SWEEP [SWEEP ...] --out FILE.md`: one report over several sweeps (a study).
+
+The first sweep is the main one (e.g. experiment=paper_mnist); its β=0 configuration is the
+reference every other configuration, baselines included, is compared with seed by seed. The
+report holds the commands that made the sweeps (from Hydra's multirun.yaml), the machine and
+time they took, a headline table at the radii of the strongest evaluation, sentences generated
+from the numbers, every per-attack table, and two figures written beside FILE.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from isorobust import io
+from isorobust.errors import IsorobustError
+from isorobust.evaluation.robustness import WORST_CASE
+from isorobust.sweeps.aggregate import (
+    CONFIG_COLUMNS, SETTING, RunDir, aggregate_clean, aggregate_isometry, aggregate_robustness,
+    configuration_labels, find_runs, isometry_frame, paired_differences, summary_frame, summary_markdown,
+)
+from isorobust.sweeps.report import Report
+
+SWEEP = "sweep"  # which of the given sweeps a row comes from (0 = the main one)
+KEY = [*CONFIG_COLUMNS, SETTING]
+
+
+def sweep_command(sweep_dir: Path) -> str:
+    """The command line that made a sweep, rebuilt from Hydra's record of its overrides."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return f"(no multirun.yaml in {sweep_dir}: not made by one `isorobust train -m`)"
+    try:
+        overrides = (yaml.safe_load(path.read_text()) or {})["hydra"]["overrides"]
+    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        raise IsorobustError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    hydra = [o for o in overrides.get("hydra") or [] if o != "hydra.mode=MULTIRUN"]
+    return "isorobust train -m " + " ".join(shlex.quote(str(o)) for o in [*(overrides.get("task") or []), *hydra])
+
+
+def sweep_facts(runs: list[RunDir]) -> dict[str, object]:
+    """Machine, torch, number of runs and wall time (first job's start to the last metrics.json)."""
+    complete = [r.path for r in runs if r.complete]
+    metrics = [json.loads((p / "metrics.json").read_text()) for p in complete]
+    starts = [(p / ".hydra" / "config.yaml").stat().st_mtime for p in complete if (p / ".hydra" / "config.yaml").exists()]
+    ends = [(p / "metrics.json").stat().st_mtime for p in complete]
+    env = metrics[0].get("environment", {}) if metrics else {}
+    return {
+        "runs": len(complete),
+        "wall_minutes": (max(ends) - min(starts)) / 60 if starts and ends else float("nan"),
+        "job_minutes": sum(m.get("seconds", {}).get("total", 0.0) for m in metrics) / 60,
+        "machine": env.get("machine", "?"),
+        "torch": env.get("torch", "?"),
+        "device": env.get("device", "?"),
+        "threads": sorted({m.get("environment", {}).get("threads") for m in metrics} - {None}),
+        "cpus": os.cpu_count(),
+    }
+
+
+def _of(frame: pd.DataFrame, config: tuple) -> pd.DataFrame:
+    """The rows of one configuration (equal in every KEY column)."""
+    mask = pd.Series(True, index=frame.index)
+    for column, value in zip(KEY, config):
+        mask &= frame[column] == value
+    return frame[mask]
+
+
+def _value(robust: pd.DataFrame, config: tuple, attack: str, eps: float) -> pd.Series | None:
+    if robust.empty:
+        return None
+    part = _of(robust[(robust["attack"] == attack) & ((robust["epsilon"] - eps).abs() < 1e-9)], config)
+    return part.iloc[0] if not part.empty else None
+
+
+def _pct(row: pd.Series | None) -> str:
+    if row is None:
+        return "–"
+    return f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f}" if row["n"] > 1 else f"{100 * row['mean']:.1f}"
+
+
+def _diff(row: pd.Series | None) -> str:
+    if row is None or row["n"] < 2:
+        return "–"
+    star = " *" if row["ci_low"] > 0 or row["ci_high"] < 0 else ""
+    return f"{100 * row['mean']:+.1f} [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]{star}"
+
+
+def headline(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, str]) -> tuple[list[str], list[str]]:
+    """The table a reader looks at first, and sentences generated from it.
+
+    Columns: clean accuracy, then per radius of the trimmed strongest attack (AutoAttack) the
+    per-sample worst case over every attack and its paired difference to the reference.
+    """
+    from isorobust.sweeps.aggregate import _table
+
+    robust, clean = aggregate_robustness(summary), aggregate_clean(summary)
+    paired = paired_differences(summary, reference)
+    trimmed = summary[summary["n_samples"] < summary["eval_samples"]]
+    radii = sorted(trimmed["epsilon"].unique()) if not trimmed.empty else sorted(summary["epsilon"].unique())[:4]
+    radii = [float(e) for e in radii]
+    n_worst = sorted(summary.loc[summary["attack"] == WORST_CASE, "n_samples"].unique())
+    configs = [tuple(r[KEY]) for _, r in clean.iterrows()]
+    reference_config = tuple(summary[reference].iloc[0][KEY]) if reference.any() else None
+    rows = []
+    for config in configs:
+        c = _of(clean, config).iloc[0]
+        row = [labels[config], f"{100 * c['mean']:.2f} ± {100 * c['std']:.2f}" if c["n"] > 1 else f"{100 * c['mean']:.2f}"]
+        for eps in radii:
+            row.append(_pct(_value(robust, config, WORST_CASE, eps)))
+            row.append("(reference)" if config == reference_config else _diff(_value(paired, config, WORST_CASE, eps)))
+        rows.append(row)
+    header = ["configuration", "clean"]
+    for eps in radii:
+        header += [f"worst ε={eps:g}", f"Δ ε={eps:g}"]
+    table = [
+        f"Robust accuracy (%) under the per-sample worst case over every attack run at that radius "
+        f"({', '.join(map(str, n_worst))} test images; see the per-attack tables), mean ± std over seeds; "
+        f"Δ = paired difference to {labels.get(reference_config, 'the reference')} (same seed) in points "
+        "[95 % t-interval], * where it excludes 0.",
+        "",
+        *_table(header, rows, left=1),
+    ]
+
+    sentences = []
+    if reference_config is not None:
+        for eps in radii:
+            base = _value(robust, reference_config, WORST_CASE, eps)
+            better, worse = [], []
+            for config in configs:
+                d = _value(paired, config, WORST_CASE, eps)
+                if d is None or d["n"] < 2:
+                    continue
+                if d["ci_low"] > 0:
+                    better.append(f"{labels[config]} ({100 * d['mean']:+.1f})")
+                elif d["ci_high"] < 0:
+                    worse.append(f"{labels[config]} ({100 * d['mean']:+.1f})")
+            text = f"At ε={eps:g} the reference keeps {_pct(base)} % under the worst case. "
+            text += ("Higher than the reference beyond seed noise: " + ", ".join(better) + ". ") if better else \
+                "No configuration is higher than the reference beyond seed noise. "
+            text += ("Lower: " + ", ".join(worse) + ".") if worse else "None is lower beyond seed noise."
+            sentences.append(text)
+    # The original protocol against FGSM on cross-entropy alone, same models.
+    for config in configs:
+        gaps = []
+        for eps in radii:
+            paper, fgsm = _value(robust, config, "paper_fgsm", eps), _value(robust, config, "fgsm", eps)
+            if paper is not None and fgsm is not None:
+                gaps.append(f"{100 * (paper['mean'] - fgsm['mean']):+.1f} at ε={eps:g}")
+        if gaps and config[CONFIG_COLUMNS.index("reg_weight")] and "isometric" in str(config[CONFIG_COLUMNS.index("reg")]):
+            sentences.append(f"Original protocol (paper_fgsm) minus FGSM, {labels[config]}: {', '.join(gaps)} points.")
+    return table, sentences
+
+
+def isometry_sentence(isometry: pd.DataFrame | None, labels: dict[tuple, str]) -> list[str]:
+    if isometry is None or isometry.empty:
+        return []
+    part = isometry[(isometry["figure"] == "pearson")]
+    part = part[part["layer"] == part["layer"].max()]
+    cells = [f"{labels[tuple(r[KEY])]}: {r['mean']:.2f}" for _, r in part.iterrows() if tuple(r[KEY]) in labels]
+    return [f"Isometry of the last hidden layer (Pearson r of within-class input vs representation distances, "
+            f"test split): {'; '.join(cells)}."] if cells else []
+
+
+def write_study(sweeps: list[str | Path], out: str | Path) -> Report:
+    """Aggregate several sweep directories into one markdown report ``out`` plus figures beside it."""
+    dirs = [Path(d) for d in sweeps]
+    out = Path(out)
+    if out.suffix != ".md":
+        raise IsorobustError(f"--out must name a .md file (got {out})")
+    per_sweep = []
+    for d in dirs:
+        if not d.is_dir():
+            raise IsorobustError(f"{d} is not a directory")
+        runs = find_runs(d)
+        if not any(r.complete for r in runs):
+            raise IsorobustError(f"no complete runs below {d}")
+        per_sweep.append(runs)
+    root = Path(os.path.commonpath([d.resolve() for d in dirs]))
+    runs = [r for group in per_sweep for r in group]
+    runs = [RunDir(r.path.resolve(), r.missing) for r in runs]
+    summary = summary_frame(runs, root)
+    run_sweep = {r.path.resolve().relative_to(root).as_posix(): i for i, group in enumerate(per_sweep) for r in group}
+    summary.insert(1, SWEEP, summary["run"].map(run_sweep))
+    reference = (summary[SWEEP] == 0) & (summary["reg_weight"] == 0)
+    per_run_isometry = isometry_frame(summary, root)
+    isometry = aggregate_isometry(per_run_isometry) if not per_run_isometry.empty else None
+
+    clean = aggregate_clean(summary)
+    labels = dict(zip((tuple(r[KEY]) for _, r in clean.iterrows()), configuration_labels(clean[KEY])))
+    table, sentences = headline(summary, reference, labels)
+    sentences += isometry_sentence(isometry, labels)
+
+    from isorobust.sweeps.plot import robustness_figure, save_figure
+
+    main_rows = summary[SWEEP] == 0
+    figures = {"main sweep": summary[main_rows]}
+    if (~main_rows).any():
+        reference_setting = summary.loc[reference, SETTING].iloc[0] if reference.any() else None
+        figures["other sweeps, with the reference"] = summary[~main_rows | (reference & (summary[SETTING] == reference_setting))]
+    images = {}
+    for i, (title, frame) in enumerate(figures.items()):
+        images[title] = out.with_name(f"{out.stem}_{'main' if i == 0 else 'other'}.png")
+
+    lines = [f"# {out.stem}: study report", "",
+             f"Generated by `isorobust report {' '.join(str(d) for d in dirs)} --out {out}` from the runs "
+             "below; every number is a mean over the seeds of real runs, nothing is typed in by hand.", "",
+             "## How the numbers were made", ""]
+    for i, (d, group) in enumerate(zip(dirs, per_sweep)):
+        facts = sweep_facts(group)
+        lines += [f"{'Main sweep' if i == 0 else f'Sweep {i + 1}'}: `{d}`", "", "```", sweep_command(d), "```", "",
+                  f"{facts['runs']} complete runs; wall time {facts['wall_minutes']:.1f} min "
+                  f"({facts['job_minutes']:.1f} min of job time); {facts['device']} on {facts['machine']}, "
+                  f"torch {facts['torch']}, torch threads per job {facts['threads']}.", ""]
+    lines += ["## Headline", "", *table, "", "## What the numbers say (generated)", "",
+              *[f"- {s}" for s in sentences], ""]
+    for title, path in images.items():
+        lines += [f"![{title}]({path.name})", ""]
+    body = summary_markdown(summary.drop(columns=[SWEEP]), runs, root, isometry, reference=reference)
+    lines += ["## Every table", "", *body.splitlines()[1:]]  # its own title is the sweep root's
+
+    files = []
+    for title, path in images.items():
+        files.append(save_figure(robustness_figure(figures[title]), path))
+    files.append(io.write_csv(out.with_suffix(".csv"), summary))
+    if not per_run_isometry.empty:
+        files.append(io.write_csv(out.with_name(f"{out.stem}_isometry.csv"), per_run_isometry))
+    files.append(io.write_text(out, "\n".join(lines) + "\n"))
+    return Report(root, runs, "\n".join(lines) + "\n", files)
+
+
+__all__ = ["write_study", "sweep_command", "headline"]
