@@ -37,6 +37,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("trainer.lr", lambda v: _is_number(v) and v > 0, "> 0"),
     ("trainer.adv.eps", lambda v: _is_number(v) and 0 <= v <= 1, "in [0, 1]"),
     ("trainer.adv.steps", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("trainer.adv.warmup_epochs", lambda v: _is_number(v) and v >= 0, ">= 0"),
     ("model.width", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("model.depth", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     ("dataset.train_size", lambda v: isinstance(v, int) and v >= 1, "null or an integer >= 1"),

@@ -44,3 +44,17 @@ def test_adversarial_training_raises_pgd_accuracy(tmp_path):
     (clean_std, [pgd_std]), (clean_adv, [pgd_adv]) = results["standard"], results["adversarial"]
     assert clean_adv > 0.5  # still a classifier
     assert pgd_adv > pgd_std + 0.1, results
+
+
+def test_warmup_ramps_epsilon_linearly():
+    trainer = AdversarialTrainer(adv={"eps": 0.3, "warmup_epochs": 2})
+    for position, eps in ((0.0, 0.0), (0.5, 0.075), (1.0, 0.15), (2.0, 0.3), (4.5, 0.3)):
+        trainer.position = position
+        assert trainer.current_eps() == pytest.approx(eps)
+    x, y = brightest_row_data(50)
+    model = fit_tiny_mlp(0, x, y)
+    trainer.position = 0.0
+    assert torch.equal(trainer.training_inputs(model, x, y), x)  # ε=0 at the very start: the clean batch
+    trainer.position = 1.0
+    assert (trainer.training_inputs(model, x, y) - x).abs().max() <= 0.15 + 1e-6
+    assert AdversarialTrainer(adv={"eps": 0.3}).current_eps() == 0.3  # no warm-up by default

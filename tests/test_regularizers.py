@@ -1,7 +1,9 @@
 """The baseline regularizers (Jacobian, input gradient), several regularizers in one config, and
 that training with each changes what it should."""
+import json
 import math
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +19,7 @@ from isorobust.models import MLP
 from isorobust.pipeline import build_regularizers, run_meta
 from isorobust.resolvers import isometric_setting
 from isorobust.training import StandardTrainer
-from tests.conftest import brightest_row_data
+from tests.conftest import brightest_row_data, requires_mnist
 
 
 def exact_jacobian_sq(model, x):
@@ -162,3 +164,57 @@ def test_paper_protocol_takes_only_the_isometric_term():
     assert isometric_setting("weight", 0.0, _root_=root) == 0.5
     assert isometric_setting("weight", 0.0, _root_=_reg_cfg(JAC)) == 0.0
     assert isometric_setting("scale", 10.0, _root_=_reg_cfg(ISO)) == 4.0
+
+
+@pytest.mark.parametrize("args,names", [
+    (["+reg=jacobian"], ["jacobian"]),
+    (["+reg=input_gradient", "reg.weight=0.5"], ["input_gradient"]),
+    (["+reg=isometric_jacobian", "reg.jacobian.weight=0.2"], ["isometric", "jacobian"]),
+    (["+reg@reg.isometric=isometric", "+reg@reg.input_gradient=input_gradient"], ["isometric", "input_gradient"]),
+    (["baseline=isometric_adversarial"], ["isometric"]),
+])
+def test_regularizer_configs_compose(tmp_path, args, names):
+    from tests.conftest import run_cli
+
+    proc = run_cli("train", *args, "--cfg", "job", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cfg = OmegaConf.create(proc.stdout)
+    assert [r.name for r in build_regularizers(cfg.reg)] == names
+
+
+@pytest.mark.parametrize("experiment", ["paper_mnist", "baselines_mnist"])
+def test_study_experiments_compose_into_sweeps(tmp_path, experiment):
+    from tests.conftest import run_cli
+
+    proc = run_cli("train", f"experiment={experiment}", "--cfg", "hydra", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    hydra = OmegaConf.create(proc.stdout).hydra
+    params = hydra.sweeper.params
+    assert str(params.seed) == "0,1,2" and experiment in OmegaConf.to_container(hydra.sweep)["dir"]
+    proc = run_cli("train", f"experiment={experiment}", "--cfg", "job", cwd=tmp_path)
+    cfg = OmegaConf.create(proc.stdout)
+    assert set(cfg.attack) == {"fgsm", "pgd", "paper_fgsm", "autoattack"}
+    assert list(cfg.attack.autoattack.epsilons) == [0.05, 0.1, 0.2, 0.3] and cfg.attack.autoattack.n_samples >= 100
+    assert {0.05, 0.1, 0.2, 0.3} <= set(cfg.eval.epsilons)
+    if experiment == "paper_mnist":
+        assert str(params["reg.weight"]) == "0,0.01,0.1,1,10" and cfg.reg.name == "isometric"
+    else:
+        for baseline in str(params.baseline).split(","):
+            proc = run_cli("train", f"experiment={experiment}", f"baseline={baseline}", "--cfg", "job", cwd=tmp_path)
+            assert proc.returncode == 0, proc.stderr
+
+
+@requires_mnist
+def test_train_with_two_regularizers_end_to_end(tmp_path):
+    from tests.conftest import run_cli
+
+    run = tmp_path / "run"
+    proc = run_cli("train", "+reg=isometric_jacobian", "reg.jacobian.weight=0.5", "attack=fgsm",
+                   "dataset.train_size=500", "dataset.test_size=200", "trainer.epochs=1", "check.enabled=false",
+                   "eval.epsilons=[0.1]", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["reg"] == "isometric+jacobian" and metrics["reg_weight"] == 0.1
+    assert metrics["regularizers"] == [{"name": "isometric", "weight": 0.1}, {"name": "jacobian", "weight": 0.5}]
+    assert metrics["train_isometric_loss"] > 0 and metrics["train_jacobian_loss"] > 0
+    assert pd.read_csv(run / "robustness.csv")["reg"].eq("isometric+jacobian").all()

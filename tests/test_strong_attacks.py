@@ -61,3 +61,24 @@ def test_paper_fgsm_depends_on_the_batch_and_the_weight(tiny):
     assert not torch.equal(full[:50], half)  # the isometric term couples the batch
     assert not torch.equal(full, PaperFGSM(weight=0.0).perturb(model, x[:100], y[:100], 0.1))
     assert full.min() >= 0 and full.max() <= 1 and (full - x[:100]).abs().max() <= 0.1 + 1e-6
+
+
+def test_trimmed_attack_runs_on_the_first_samples_and_the_worst_case_follows(tiny):
+    from isorobust.data import Split
+    from isorobust.evaluation.robustness import markdown_table, robustness_table
+
+    model, x, y = tiny
+    attacks = {"fgsm": FGSM(), "pgd": LinfPGD(steps=10, n_samples=120, epsilons=[0.05, 0.1])}
+    meta = {"dataset": "toy", "model": "mlp", "reg": "none", "reg_weight": 0.0, "reg_scale": 0.0, "seed": 0}
+    table = robustness_table(model, Split(x, y), attacks, [0.02, 0.05, 0.1], None, 100, 0, meta, progress=False)
+    n = table.set_index(["attack", "epsilon"])["n_samples"]
+    assert n[("fgsm", 0.02)] == 300 and n[("pgd", 0.05)] == 120
+    worst = table[table["attack"] == "worst_case"].set_index("epsilon")
+    # only where both attacks ran, on the 120 samples both attacked
+    assert sorted(worst.index) == [0.05, 0.1] and (worst["n_samples"] == 120).all()
+    _, pgd = curve(model, LinfPGD(steps=10), x[:120], y[:120], [0.05, 0.1])
+    _, fgsm = curve(model, FGSM(), x[:120], y[:120], [0.05, 0.1])
+    for eps, p, f in zip([0.05, 0.1], pgd, fgsm):
+        assert worst.loc[eps, "robust_accuracy"] <= min(p, f) + 1e-9
+    text = markdown_table(table, attacks)
+    assert "first 120 test samples only" in text and "—" in text  # pgd has no entry at ε=0.02

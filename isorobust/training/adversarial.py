@@ -4,6 +4,9 @@ The examples are made against the current weights with the model in eval mode an
 parameter gradients (a plain batched PGD on the cross-entropy, random start), then the usual step
 (cross-entropy, plus β·regularizer when configured, on those examples) follows. Defaults fit a CPU
 budget: 7 steps of 2.5·ε/7 (the step-size rule of Madry et al.'s successors) instead of 40 of ε/30.
+
+``adv.warmup_epochs`` ramps ε linearly from 0 over the first epochs: from scratch, the reference
+tanh MLP stays at chance accuracy under ε=0.3 PGD training in 5 epochs without it (measured).
 """
 from __future__ import annotations
 
@@ -40,11 +43,17 @@ class AdversarialTrainer(StandardTrainer):
     adv: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        settings = {"eps": 0.3, "steps": 7, "rel_stepsize": 2.5 / 7, "random_start": True, **dict(self.adv)}
+        settings = {"eps": 0.3, "steps": 7, "rel_stepsize": 2.5 / 7, "random_start": True, "warmup_epochs": 0.0,
+                    **dict(self.adv)}
         self.adv = settings
 
+    def current_eps(self) -> float:
+        """ε of the current step: the full ε, or its linear ramp during ``warmup_epochs``."""
+        eps, warmup = float(self.adv["eps"]), float(self.adv["warmup_epochs"])
+        return eps if warmup <= 0 else eps * min(1.0, self.position / warmup)
+
     def training_inputs(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        eps = float(self.adv["eps"])
+        eps = self.current_eps()
         if eps <= 0:
             return x
         with frozen(model):

@@ -80,6 +80,7 @@ class StandardTrainer:
     name: str = "standard"
     progress: bool | None = None  # None: a bar on a terminal only
     history: list[dict[str, Any]] = field(default_factory=list)
+    position: float = 0.0  # epochs of training done, updated every batch
 
     def fit(
         self,
@@ -103,6 +104,7 @@ class StandardTrainer:
             ce_sum, reg_sums = 0.0, {r.name: 0.0 for r in regularizers}
             bar = self._batches(len(train), shuffle, train.x.device, epoch)
             for b, idx in bar:
+                self.position = epoch + b / n_batches  # epochs done so far (schedules read it)
                 x, y = self.training_inputs(model, train.x[idx], train.y[idx]), train.y[idx]
                 if input_grad:
                     x = x.detach().requires_grad_(True)
