@@ -96,6 +96,8 @@ def markdown_table(frame: pd.DataFrame, attacks: Mapping[str, FoolboxAttack] | N
         lines += [f"- {name}: {a.describe()}" + (f" — first {a.n_samples} test samples only" if a.n_samples else "")
                   for name, a in attacks.items()]
     if any(str(a).startswith(WORST_CASE) for a in wide.columns):
-        lines.append(f"- {WORST_CASE}: per sample, robust only if it survives every attack above (of that norm)")
+        lines.append(f"- {WORST_CASE}: per sample, robust only if it survives every attack above (of that norm)"
+                     + ("; at the radii of an attack run on the first N samples only, over those N"
+                        if attacks and any(a.n_samples for a in attacks.values()) else ""))
     lines.append(f"- {SWEEP_NOTE}")
     return "\n".join(lines) + "\n"
