@@ -158,7 +158,7 @@ def test_report_bad_input(tmp_path, case, needle):
 
 
 def test_report_without_a_folder_is_one_line(tmp_path):
-    assert_one_line_error(run_cli("report", cwd=tmp_path), "dir")
+    assert_one_line_error(run_cli("report", cwd=tmp_path), "DIR")
 
 
 @pytest.mark.parametrize("launcher,cores,threads", [

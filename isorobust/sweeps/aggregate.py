@@ -239,7 +239,9 @@ def configuration_labels(configs: pd.DataFrame) -> list[str]:
         parts += [f"{c}={row[c]}" for c in ("dataset", "model", EVAL_SAMPLES) if varies(c)]
         parts += [o for o in str(row.get(SETTING, "")).split() if o not in common]
         labels.append(", ".join(parts))
-    return labels
+    # `experiment=...` names the sweep, not the method: left out where the labels stay distinct.
+    short = [", ".join(p for p in label.split(", ") if not p.startswith("experiment=")) for label in labels]
+    return short if len(set(short)) == len(set(labels)) else labels
 
 
 def _cell(mean: float, std: float, n: int) -> str:

@@ -20,8 +20,15 @@ def robustness_figure(summary: pd.DataFrame):
     robust, clean = aggregate_robustness(summary), aggregate_clean(summary)
     configs = clean[[*CONFIG_COLUMNS, SETTING]]
     labels = configuration_labels(configs)
-    attacks = list(dict.fromkeys(summary["attack"]))
-    fig = Figure(figsize=(4.2 * len(attacks) + 0.6, 4.2), layout="constrained")
+    # An attack whose rows cover different sample counts (the worst case at the radii of an attack run on
+    # the first N samples only) gets one panel per count: points over different samples are not one curve.
+    counts = robust.groupby("attack")["n_samples"].nunique()
+    robust = robust.assign(attack=[a if counts[a] == 1 else f"{a}, {n} samples"
+                                   for a, n in zip(robust["attack"], robust["n_samples"])])
+    attacks = list(dict.fromkeys(a for attack in dict.fromkeys(summary["attack"])
+                                 for a in robust["attack"].unique() if a == attack or a.startswith(f"{attack}, ")))
+    legend_rows = 0 if len(configs) <= 4 else -(-len(configs) // 3)
+    fig = Figure(figsize=(4.2 * len(attacks) + 0.6, 4.2 + 0.3 * legend_rows), layout="constrained")
     axes = fig.subplots(1, len(attacks), sharey=True, squeeze=False)[0]
     colors = [f"C{i % 10}" for i in range(len(configs))]
     # ε = 0 has no place on a log axis; clean accuracy is in summary.md.
@@ -39,7 +46,7 @@ def robustness_figure(summary: pd.DataFrame):
             ax.plot(curve["epsilon"], mean, marker="o", markersize=3, color=color, label=f"{label} (n={n})")
             if n > 1:
                 ax.fill_between(curve["epsilon"], mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
-        norm = summary.loc[summary["attack"] == attack, "norm"].iloc[0] if "norm" in summary else ""
+        norm = robust.loc[robust["attack"] == attack, "norm"].iloc[0] if "norm" in robust else ""
         norm = NORM_NAMES.get(norm, norm)
         ax.set_xscale("log")
         ax.set_title(f"{attack} ({norm})" if norm else attack)
@@ -47,7 +54,11 @@ def robustness_figure(summary: pd.DataFrame):
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("robust accuracy (%)")
     axes[0].set_ylim(-2, 102)
-    axes[-1].legend(loc="upper right", fontsize="small")
+    if len(configs) > 4:  # many lines: one legend below the panels instead of over the last one
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="outside lower center", ncols=min(3, len(names)), fontsize="small")
+    else:
+        axes[-1].legend(loc="upper right", fontsize="small")
     datasets = ", ".join(map(str, summary["dataset"].unique()))
     models = ", ".join(map(str, summary["model"].unique()))
     n_samples = ", ".join(str(n) for n in sorted(summary["n_samples"].unique()))

@@ -89,11 +89,13 @@ def _diff(row: pd.Series | None) -> str:
     return f"{100 * row['mean']:+.1f} [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]{star}"
 
 
-def headline(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, str]) -> tuple[list[str], list[str]]:
+def headline(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, str],
+             main: set[tuple] | None = None) -> tuple[list[str], list[str], list[str]]:
     """The table a reader looks at first, and sentences generated from it.
 
     Columns: clean accuracy, then per radius of the trimmed strongest attack (AutoAttack) the
-    per-sample worst case over every attack and its paired difference to the reference.
+    per-sample worst case over every attack and its paired difference to the reference. Returns
+    the table, per-radius sentences and a conclusion (``main``: the main sweep's configurations).
     """
     from isorobust.sweeps.aggregate import _table
 
@@ -126,6 +128,7 @@ def headline(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, st
     ]
 
     sentences = []
+    compared: list[tuple[tuple, float, pd.Series]] = []  # (configuration, ε, paired difference)
     if reference_config is not None:
         for eps in radii:
             base = _value(robust, reference_config, WORST_CASE, eps)
@@ -134,6 +137,7 @@ def headline(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, st
                 d = _value(paired, config, WORST_CASE, eps)
                 if d is None or d["n"] < 2:
                     continue
+                compared.append((config, eps, d))
                 if d["ci_low"] > 0:
                     better.append(f"{labels[config]} ({100 * d['mean']:+.1f})")
                 elif d["ci_high"] < 0:
@@ -144,15 +148,52 @@ def headline(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, st
             text += ("Lower: " + ", ".join(worse) + ".") if worse else "None is lower beyond seed noise."
             sentences.append(text)
     # The original protocol against FGSM on cross-entropy alone, same models.
+    inflation: list[tuple[tuple, float, float]] = []
     for config in configs:
-        gaps = []
+        gaps, gap_values = [], []
         for eps in radii:
             paper, fgsm = _value(robust, config, "paper_fgsm", eps), _value(robust, config, "fgsm", eps)
             if paper is not None and fgsm is not None:
                 gaps.append(f"{100 * (paper['mean'] - fgsm['mean']):+.1f} at ε={eps:g}")
+                gap_values.append((eps, float(paper["mean"] - fgsm["mean"])))
         if gaps and config[CONFIG_COLUMNS.index("reg_weight")] and "isometric" in str(config[CONFIG_COLUMNS.index("reg")]):
             sentences.append(f"Original protocol (paper_fgsm) minus FGSM, {labels[config]}: {', '.join(gaps)} points.")
-    return table, sentences
+            inflation.extend((config, eps, gap) for eps, gap in gap_values)
+    return table, sentences, conclusion(compared, inflation, labels, main or set(configs), reference_config)
+
+
+def conclusion(compared: list[tuple[tuple, float, pd.Series]], inflation: list[tuple[tuple, float, float]],
+               labels: dict[tuple, str], main: set[tuple], reference: tuple | None) -> list[str]:
+    """A few neutral sentences counted from the paired differences (nothing chosen by hand)."""
+    if reference is None or not compared:
+        return []
+    def excludes(d: pd.Series) -> int:
+        return 1 if d["ci_low"] > 0 else -1 if d["ci_high"] < 0 else 0
+
+    own = [(c, e, d) for c, e, d in compared if c in main]
+    other = [(c, e, d) for c, e, d in compared if c not in main]
+    up = [(c, e, d) for c, e, d in own if excludes(d) > 0]
+    down = [(c, e, d) for c, e, d in own if excludes(d) < 0]
+    text = [f"Main sweep against {labels[reference]}, worst case at the strongest evaluation's radii: "
+            f"{len(up)} of {len(own)} (configuration, ε) differences are above zero and {len(down)} below "
+            f"beyond seed noise (95 % t-intervals over {int(max(d['n'] for _, _, d in compared))} seeds paired, "
+            "no multiple-testing correction)"
+            + (": " + "; ".join(f"{labels[c]} ε={e:g} {100 * d['mean']:+.1f}" for c, e, d in up + down) if up + down else "")
+            + "."]
+    for config in dict.fromkeys(c for c, _, _ in other):
+        gains = [(e, d) for c, e, d in other if c == config and excludes(d) > 0]
+        if gains:
+            text.append(f"{labels[config]}: above the reference at " + ", ".join(
+                f"ε={e:g} ({100 * d['mean']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}])"
+                for e, d in gains) + ".")
+        else:
+            text.append(f"{labels[config]}: not distinguishable from the reference at any of these radii.")
+    if inflation:
+        config, eps, gap = max(inflation, key=lambda t: t[2])
+        text.append(f"The original protocol (paper_fgsm) reports more robust accuracy than FGSM on the same "
+                    f"isometric models, by up to {100 * gap:+.1f} points ({labels[config]}, ε={eps:g}); it "
+                    "attacks the training objective of a whole test batch, not the classifier's decision.")
+    return text
 
 
 def isometry_sentence(isometry: pd.DataFrame | None, labels: dict[tuple, str]) -> list[str]:
@@ -191,7 +232,8 @@ def write_study(sweeps: list[str | Path], out: str | Path) -> Report:
 
     clean = aggregate_clean(summary)
     labels = dict(zip((tuple(r[KEY]) for _, r in clean.iterrows()), configuration_labels(clean[KEY])))
-    table, sentences = headline(summary, reference, labels)
+    main = {tuple(r[KEY]) for _, r in summary[summary[SWEEP] == 0].drop_duplicates("run").iterrows()}
+    table, sentences, concluded = headline(summary, reference, labels, main)
     sentences += isometry_sentence(isometry, labels)
 
     from isorobust.sweeps.plot import robustness_figure, save_figure
@@ -215,7 +257,8 @@ def write_study(sweeps: list[str | Path], out: str | Path) -> Report:
                   f"{facts['runs']} complete runs; wall time {facts['wall_minutes']:.1f} min "
                   f"({facts['job_minutes']:.1f} min of job time); {facts['device']} on {facts['machine']}, "
                   f"torch {facts['torch']}, torch threads per job {facts['threads']}.", ""]
-    lines += ["## Headline", "", *table, "", "## What the numbers say (generated)", "",
+    lines += ["## Conclusion (generated from the paired differences)", "", " ".join(concluded), "",
+              "## Headline", "", *table, "", "## What the numbers say (generated)", "",
               *[f"- {s}" for s in sentences], ""]
     for title, path in images.items():
         lines += [f"![{title}]({path.name})", ""]
