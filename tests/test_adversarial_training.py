@@ -34,7 +34,7 @@ def test_adversarial_training_raises_pgd_accuracy(tmp_path):
     data = load_mnist(os.environ["ISOROBUST_DATA"], download=False, train_size=3000, test_size=300)
     results = {}
     for name, trainer in (("standard", StandardTrainer(epochs=3, progress=False)),
-                          ("adversarial", AdversarialTrainer(epochs=3, progress=False, adv={"eps": 0.1}))):
+                          ("adversarial", AdversarialTrainer(epochs=3, progress=False, adv={"eps": 0.1, "warmup_epochs": 0}))):
         torch.manual_seed(0)
         model = MLP()
         run_dir = Path(tmp_path / name)
@@ -57,4 +57,6 @@ def test_warmup_ramps_epsilon_linearly():
     assert torch.equal(trainer.training_inputs(model, x, y), x)  # ε=0 at the very start: the clean batch
     trainer.position = 1.0
     assert (trainer.training_inputs(model, x, y) - x).abs().max() <= 0.15 + 1e-6
-    assert AdversarialTrainer(adv={"eps": 0.3}).current_eps() == 0.3  # no warm-up by default
+    default = AdversarialTrainer(adv={"eps": 0.3})
+    assert default.adv["warmup_epochs"] == 2 and default.current_eps() == 0.0  # ramps by default
+    assert AdversarialTrainer(adv={"eps": 0.3, "warmup_epochs": 0}).current_eps() == 0.3

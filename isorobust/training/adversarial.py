@@ -5,8 +5,9 @@ parameter gradients (a plain batched PGD on the cross-entropy, random start), th
 (cross-entropy, plus β·regularizer when configured, on those examples) follows. Defaults fit a CPU
 budget: 7 steps of 2.5·ε/7 (the step-size rule of Madry et al.'s successors) instead of 40 of ε/30.
 
-``adv.warmup_epochs`` ramps ε linearly from 0 over the first epochs: from scratch, the reference
-tanh MLP stays at chance accuracy under ε=0.3 PGD training in 5 epochs without it (measured).
+``adv.warmup_epochs`` (default 2) ramps ε linearly from 0 over the first epochs: from scratch, the
+reference tanh MLP stays at chance accuracy under ε=0.3 PGD training in 5 epochs without it
+(measured: 11 % clean; with 2 warm-up epochs 80 % clean, 34.5 % PGD accuracy at ε=0.3).
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class AdversarialTrainer(StandardTrainer):
     adv: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        settings = {"eps": 0.3, "steps": 7, "rel_stepsize": 2.5 / 7, "random_start": True, "warmup_epochs": 0.0,
+        settings = {"eps": 0.3, "steps": 7, "rel_stepsize": 2.5 / 7, "random_start": True, "warmup_epochs": 2.0,
                     **dict(self.adv)}
         self.adv = settings
 
