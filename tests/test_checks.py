@@ -69,3 +69,20 @@ def test_table_checks_on_known_numbers():
     # within sampling noise is not a failure
     close = table({"fgsm": [0.5, 0.2, 0.0], "pgd": [0.5 + noise(0.5, 1000) / 2, 0.2, 0.0]})
     assert all(c.passed for c in table_checks(close))
+
+
+def test_monotonicity_is_judged_per_sample_count():
+    def rows(attack, n, points):
+        return [{"attack": attack, "norm": "linf", "epsilon": e, "n_samples": n, "robust_accuracy": a}
+                for e, a in points]
+
+    # the worst case at ε=0.2 covers the first 150 samples only (a trimmed attack ran there): it may be
+    # lower than the whole-set worst case at ε=0.215 without any curve rising
+    table = pd.DataFrame(rows("pgd", 10000, [(0.1, 0.86), (0.215, 0.33)])
+                         + rows("worst_case", 10000, [(0.1, 0.86), (0.215, 0.32)])
+                         + rows("worst_case", 150, [(0.2, 0.19), (0.3, 0.0)]))
+    check = {c.check: c for c in table_checks(table)}["accuracy_non_increasing_in_epsilon"]
+    assert check.passed, check.detail
+    rising = pd.concat([table, pd.DataFrame(rows("worst_case", 150, [(0.4, 0.5)]))])
+    check = {c.check: c for c in table_checks(rising)}["accuracy_non_increasing_in_epsilon"]
+    assert not check.passed and "worst_case (150 samples)" in check.detail
