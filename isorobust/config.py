@@ -1,7 +1,7 @@
 """Checks on a composed configuration, gathered into one message before any work starts."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -48,6 +48,16 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 ]
 
 
+def regularizer_terms(reg: Any) -> dict[str, Any]:
+    """The regularizers of a ``reg`` node by key path: ``{"reg": reg}`` for one (``+reg=isometric``),
+    ``{"reg.<name>": node}`` for several (``+reg=isometric_jacobian``, ``+reg@reg.jacobian=jacobian``)."""
+    if not isinstance(reg, Mapping):
+        return {}
+    if "_target_" in reg or not any(isinstance(v, Mapping) for v in reg.values()):
+        return {"reg": reg}
+    return {f"reg.{name}": term for name, term in reg.items() if isinstance(term, Mapping)}
+
+
 def validate(cfg: DictConfig, required: tuple[str, ...] = ()) -> None:
     """Raise one ConfigError listing every bad value (keys absent from ``cfg`` are skipped)."""
     problems = []
@@ -59,16 +69,11 @@ def validate(cfg: DictConfig, required: tuple[str, ...] = ()) -> None:
             continue
         if not ok(value):
             problems.append(f"{key} must be {want} (got {value!r})")
-    reg = _get(cfg, "reg")
-    if isinstance(reg, DictConfig):
-        single = "_target_" in reg or not any(isinstance(v, DictConfig) for v in reg.values())
-        terms = {"reg": reg} if single else {
-            f"reg.{name}": term for name, term in reg.items() if isinstance(term, DictConfig)}
-        for prefix, term in terms.items():
-            for key, ok, want in REG_RULES:
-                value = _get(term, key)
-                if value is not None and not ok(value):
-                    problems.append(f"{prefix}.{key} must be {want} (got {value!r})")
+    for prefix, term in regularizer_terms(_get(cfg, "reg")).items():
+        for key, ok, want in REG_RULES:
+            value = _get(term, key)
+            if value is not None and not ok(value):
+                problems.append(f"{prefix}.{key} must be {want} (got {value!r})")
     epsilons = _get(cfg, "eval.epsilons")
     if epsilons is not None:
         if not list(epsilons):

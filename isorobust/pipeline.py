@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from isorobust import io
-from isorobust.config import resolve_device, sorted_epsilons, validate
+from isorobust.config import regularizer_terms, resolve_device, sorted_epsilons, validate
 from isorobust.errors import ConfigError, IsorobustError
 from isorobust.evaluation.attacks import FGSM, Attack, LinfPGD
 from isorobust.evaluation.checks import attack_checks, checks_frame, summary_text, table_checks, train_surrogate
@@ -43,9 +43,7 @@ def regularizer_configs(reg_cfg: Mapping[str, Any] | None) -> list[Mapping[str, 
     keys (``+reg=isometric_jacobian``, or ``+reg@reg.isometric=isometric +reg@reg.jacobian=jacobian``)."""
     if reg_cfg is None:
         return []
-    if "_target_" in reg_cfg:
-        return [reg_cfg]
-    terms = [c for c in reg_cfg.values() if isinstance(c, Mapping) and "_target_" in c]
+    terms = [c for c in regularizer_terms(reg_cfg).values() if "_target_" in c]
     if not terms:
         raise ConfigError("reg holds no regularizer (expected _target_ in reg or in each reg.<name>)")
     return terms

@@ -11,20 +11,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from isorobust.config import regularizer_terms
 from isorobust.sweeps.threads import register_resolver as register_threads_resolver
 
 ISOMETRIC = "isorobust.isometric"
 
 
 def isometric_setting(key: str, default: Any, *, _root_: DictConfig) -> Any:
-    reg = _root_.get("reg")
-    if not isinstance(reg, DictConfig):
-        return default
-    if reg.get("name") == "isometric":
-        return reg.get(key, default)
-    nested = reg.get("isometric")
-    if isinstance(nested, DictConfig) and nested.get("name") == "isometric":
-        return nested.get(key, default)
+    for term in regularizer_terms(_root_.get("reg")).values():
+        if term.get("name") == "isometric":
+            return term.get(key, default)
     return default
 
 

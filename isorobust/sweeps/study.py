@@ -20,7 +20,7 @@ from isorobust import io
 from isorobust.errors import IsorobustError
 from isorobust.evaluation.robustness import WORST_CASE
 from isorobust.sweeps.aggregate import (
-    CONFIG_COLUMNS, SETTING, RunDir, aggregate_clean, aggregate_isometry, aggregate_robustness,
+    CONFIG_COLUMNS, SETTING, RunDir, _table, aggregate_clean, aggregate_isometry, aggregate_robustness,
     configuration_labels, find_runs, isometry_frame, paired_differences, summary_frame, summary_markdown,
 )
 from isorobust.sweeps.report import Report
@@ -97,8 +97,6 @@ def headline(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, st
     per-sample worst case over every attack and its paired difference to the reference. Returns
     the table, per-radius sentences and a conclusion (``main``: the main sweep's configurations).
     """
-    from isorobust.sweeps.aggregate import _table
-
     robust, clean = aggregate_robustness(summary), aggregate_clean(summary)
     paired = paired_differences(summary, reference)
     trimmed = summary[summary["n_samples"] < summary["eval_samples"]]
@@ -216,15 +214,14 @@ def write_study(sweeps: list[str | Path], out: str | Path) -> Report:
     for d in dirs:
         if not d.is_dir():
             raise IsorobustError(f"{d} is not a directory")
-        runs = find_runs(d)
+        runs = find_runs(d.resolve())  # absolute paths: the sweeps may lie apart
         if not any(r.complete for r in runs):
             raise IsorobustError(f"no complete runs below {d}")
         per_sweep.append(runs)
     root = Path(os.path.commonpath([d.resolve() for d in dirs]))
     runs = [r for group in per_sweep for r in group]
-    runs = [RunDir(r.path.resolve(), r.missing) for r in runs]
     summary = summary_frame(runs, root)
-    run_sweep = {r.path.resolve().relative_to(root).as_posix(): i for i, group in enumerate(per_sweep) for r in group}
+    run_sweep = {r.path.relative_to(root).as_posix(): i for i, group in enumerate(per_sweep) for r in group}
     summary.insert(1, SWEEP, summary["run"].map(run_sweep))
     reference = (summary[SWEEP] == 0) & (summary["reg_weight"] == 0)
     per_run_isometry = isometry_frame(summary, root)
