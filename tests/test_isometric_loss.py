@@ -81,6 +81,29 @@ def test_matches_straightforward_formula(seed):
     assert abs(fast.item() - ref.item()) <= 1e-6 * max(1.0, abs(ref.item()))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_gradients_match_straightforward_formula(seed):
+    # The written-out backward (representations) and the input side (the original protocol's
+    # attack differentiates through x) against autograd through the literal formula.
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(60, 1, 5, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    z = torch.tanh(torch.randn(60, 16, dtype=torch.float64, generator=g)).requires_grad_(True)
+    y = torch.randint(0, 5, (60,), generator=g)
+    fast = torch.autograd.grad(isometric_loss(x, z, y, scale=3.0), (x, z))
+    ref = torch.autograd.grad(isometric_loss_reference(x, z, y, scale=3.0), (x, z))
+    for a, b in zip(fast, ref):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_weighted_gradient_scales_with_the_upstream_gradient():
+    g = torch.Generator().manual_seed(7)
+    x, z = torch.rand(20, 6, generator=g), torch.rand(20, 4, generator=g, requires_grad=True)
+    y = torch.randint(0, 3, (20,), generator=g)
+    (g1,) = torch.autograd.grad(isometric_loss(x, z, y, 2.0), z)
+    (g2,) = torch.autograd.grad(0.1 * isometric_loss(x, z, y, 2.0), z)
+    assert torch.allclose(g2, 0.1 * g1, rtol=1e-5, atol=1e-8) and g1.abs().sum() > 0
+
+
 def test_pairwise_distances_zero_diagonal_and_symmetric():
     a = torch.rand(10, 3) * 100
     d = pairwise_distances(a)
