@@ -88,8 +88,8 @@ def isometric_loss(x: Tensor, z: Tensor, y: Tensor, scale: float = 1.0) -> Tenso
         ``mean_{i,j} (scale·M_ij·‖z_i−z_j‖ − M_ij·‖x_i−x_j‖)²`` with M_ij = 1[y_i = y_j], a scalar.
         Cross-class pairs and i=j never contribute (their term is exactly 0).
 
-    In float32 the distances carry a rounding error of about 1e-7·‖a‖² in their squares; pass
-    float64 tensors where features lie far from their batch mean and that matters.
+    In float32 the distances carry a rounding error of a few 1e-7·‖a‖² in their squares (inputs
+    as they are, representations after centring); pass float64 tensors where that matters.
     """
     if x.shape[0] != z.shape[0] or x.shape[0] != y.shape[0]:
         raise ValueError(f"batch sizes differ: x {x.shape[0]}, z {z.shape[0]}, y {y.shape[0]}")
