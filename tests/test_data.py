@@ -71,3 +71,12 @@ def test_idx_round_trip(tmp_path):
     a = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     write_idx(tmp_path / "a.idx", a)
     assert np.array_equal(read_idx(tmp_path / "a.idx").numpy(), a)
+
+
+def test_split_take_gives_the_rows_indexing_gives():
+    from isorobust.data.dataset import Split
+
+    split = Split(torch.rand(50, 1, 4, 4), torch.randint(0, 10, (50,)))
+    idx = torch.randperm(50)[:17]
+    batch = split.take(idx)
+    assert torch.equal(batch.x, split.x[idx]) and torch.equal(batch.y, split.y[idx]) and len(batch) == 17

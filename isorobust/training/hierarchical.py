@@ -99,7 +99,8 @@ class HierarchicalTrainer(StandardTrainer):
             t0 = time.perf_counter()
             ce_sums, iso_sums = [0.0] * hierarchy.depth, [0.0] * hierarchy.depth
             for b, idx in self._batches(len(train), shuffle, train.x.device, epoch):
-                x, y = train.x.index_select(0, idx), train.y.index_select(0, idx)
+                batch = train.take(idx)
+                x, y = batch.x, batch.y
                 losses = level_losses(model, hierarchy, x, y, scale)
                 loss = total_loss(losses, weight)
                 check_finite(loss.item(), epoch, b, n_batches)
