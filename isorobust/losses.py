@@ -100,14 +100,19 @@ def isometric_loss(x: Tensor, z: Tensor, y: Tensor, scale: float = 1.0) -> Tenso
     return _WithinClassMismatch.apply(z.reshape(batch, -1), dx, same, float(scale))
 
 
-def isometric_loss_reference(x: Tensor, z: Tensor, y: Tensor, scale: float = 1.0) -> Tensor:
-    """The formula written out literally (B×B×D differences); for tests and benchmarks only."""
+def isometric_loss_reference(x: Tensor, z: Tensor, y: Tensor, scale: float = 1.0,
+                             compute_mode: str = "donot_use_mm_for_euclid_dist") -> Tensor:
+    """The formula written out literally, through autograd; for tests and benchmarks only.
+
+    By default the distances are B×B×D differences; ``compute_mode="use_mm_for_euclid_dist"`` gives
+    the straightforward version (two full Gram-based ``cdist`` matrices).
+    """
     batch = x.shape[0]
     x = x.reshape(batch, -1)
     z = z.reshape(batch, -1)
     mask = (y[:, None] == y[None, :]).to(z.dtype)
-    dx = torch.cdist(x.to(z.dtype), x.to(z.dtype), compute_mode="donot_use_mm_for_euclid_dist")
-    dz = torch.cdist(z, z, compute_mode="donot_use_mm_for_euclid_dist")
+    dx = torch.cdist(x.to(z.dtype), x.to(z.dtype), compute_mode=compute_mode)
+    dz = torch.cdist(z, z, compute_mode=compute_mode)
     return ((scale * mask * dz - mask * dx) ** 2).mean()
 
 
