@@ -1,6 +1,7 @@
 """train → evaluate → attack, and re-attack a saved run: the steps behind the CLI commands."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import time
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from isorobust import io
 from isorobust.config import regularizer_terms, resolve_device, sorted_epsilons, validate
 from isorobust.errors import ConfigError, IsorobustError
+from isorobust.evaluation.apgd import APGD
 from isorobust.evaluation.attacks import FGSM, Attack, LinfPGD
 from isorobust.evaluation.checks import attack_checks, checks_frame, summary_text, table_checks, train_surrogate
 from isorobust.evaluation.clean import clean_metrics
@@ -181,8 +183,13 @@ def sanity_checks(cfg: DictConfig, model: Any, data: Any, table: pd.DataFrame, a
         x, y = data.test.x[: settings.n_samples], data.test.y[: settings.n_samples]
         pgd = next((a for a in attacks.values() if isinstance(a, LinfPGD)), LinfPGD())
         surrogate = train_surrogate(data, data.num_classes, settings.surrogate_epochs, seed=int(cfg.seed) + 1000)
+        # The default pair must come close to APGD-CE + APGD-T (the run's own settings if it ran apgd).
+        reference = next((a for a in attacks.values() if isinstance(a, APGD)), None)
+        reference = dataclasses.replace(reference, epsilons=None, n_samples=None) if reference else APGD()
+        if data.num_classes < 4:  # the targeted DLR loss needs 4 classes
+            reference = dataclasses.replace(reference, n_target_classes=0)
         results += attack_checks(model, x, y, settings.epsilons, pgd, FGSM(), instantiate(settings.gradient_free),
-                                 surrogate, int(cfg.eval.batch_size), int(cfg.seed))
+                                 surrogate, int(cfg.eval.batch_size), int(cfg.seed), reference=reference)
     io.write_csv(out_dir / "checks.csv", checks_frame(results))
     return {
         "passed": sum(r.passed for r in results),

@@ -73,12 +73,19 @@ def test_trimmed_attack_runs_on_the_first_samples_and_the_worst_case_follows(tin
     table = robustness_table(model, Split(x, y), attacks, [0.02, 0.05, 0.1], None, 100, 0, meta, progress=False)
     n = table.set_index(["attack", "epsilon"])["n_samples"]
     assert n[("fgsm", 0.02)] == 300 and n[("pgd", 0.05)] == 120
+    rows = table.set_index(["attack", "epsilon"])
+    # The headline worst case covers every sample: here only fgsm ran on all 300 at 0.05 and 0.1.
     worst = table[table["attack"] == "worst_case"].set_index("epsilon")
-    # only where both attacks ran, on the 120 samples both attacked
-    assert sorted(worst.index) == [0.05, 0.1] and (worst["n_samples"] == 120).all()
-    _, pgd = curve(model, LinfPGD(steps=10), x[:120], y[:120], [0.05, 0.1])
+    assert sorted(worst.index) == [0.05, 0.1] and (worst["n_samples"] == 300).all()
+    _, fgsm_all = curve(model, FGSM(), x, y, [0.05, 0.1])
+    assert list(worst["robust_accuracy"]) == pytest.approx(fgsm_all)
+    # On the 120 samples pgd attacked: the worst case over both, and fgsm restricted to them.
+    first = table[table["attack"] == "worst_case_first120"].set_index("epsilon")
+    assert sorted(first.index) == [0.05, 0.1] and (first["n_samples"] == 120).all()
     _, fgsm = curve(model, FGSM(), x[:120], y[:120], [0.05, 0.1])
+    assert list(rows.loc["fgsm_first120"]["robust_accuracy"]) == pytest.approx(fgsm)
+    pgd = list(rows.loc["pgd"]["robust_accuracy"])
     for eps, p, f in zip([0.05, 0.1], pgd, fgsm):
-        assert worst.loc[eps, "robust_accuracy"] <= min(p, f) + 1e-9
+        assert first.loc[eps, "robust_accuracy"] <= min(p, f) + 1e-9
     text = markdown_table(table, attacks)
     assert "first 120 test samples only" in text and "—" in text  # pgd has no entry at ε=0.02

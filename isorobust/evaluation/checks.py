@@ -7,6 +7,7 @@ error: two standard errors of a proportion, plus one sample.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -15,7 +16,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from isorobust.evaluation.attacks import Attack, LinfPGD, frozen, robust_accuracy_curve
+from isorobust.evaluation.attacks import Attack, LinfPGD, frozen, robust_accuracy_curve, robust_masks
 from isorobust.evaluation.clean import predict
 
 
@@ -111,8 +112,10 @@ def attack_checks(
     surrogate: nn.Module | None,
     batch_size: int,
     seed: int,
+    reference: Attack | None = None,
 ) -> list[CheckResult]:
-    """Run the extra attacks on (x, y) at ``epsilons`` and compare them with PGD and FGSM."""
+    """Run the extra attacks on (x, y) at ``epsilons`` and compare them with PGD and FGSM.
+    ``reference``: a stronger attack (APGD-CE + APGD-T) that the default pair must come close to."""
     n = x.shape[0]
     eps = sorted(float(e) for e in epsilons)
     _, base = robust_accuracy_curve(model, pgd, x, y, eps, batch_size, seed)
@@ -120,7 +123,8 @@ def attack_checks(
     gradient_best = [min(a, b) for a, b in zip(base, one_step)]
     results = []
 
-    stronger = LinfPGD(steps=4 * pgd.steps, rel_stepsize=pgd.rel_stepsize, random_start=True, restarts=3)
+    # The same PGD (step, schedule, loss) with 4× the steps and 3 restarts.
+    stronger = dataclasses.replace(pgd, steps=4 * pgd.steps, restarts=3, random_start=True, epsilons=None, n_samples=None)
     _, strong = robust_accuracy_curve(model, stronger, x, y, eps, batch_size, seed + 1)
     bad = [e for e, b, s in zip(eps, base, strong) if s > b + noise(b, n)]
     results.append(CheckResult(
@@ -132,6 +136,9 @@ def attack_checks(
         "pgd_converged", converged,
         f"a 12× larger PGD budget lowers accuracy by {_fmt(gain)}"
         + (" (within noise)" if converged else ": more than noise, the default PGD is too weak for this model")))
+
+    if reference is not None:
+        results.append(check_pgd_matches_reference(model, pgd, fgsm, reference, x, y, eps, batch_size, seed))
 
     _, at_one = robust_accuracy_curve(model, pgd, x, y, [1.0], batch_size, seed)
     results.append(CheckResult("pgd_at_epsilon_1_gives_zero", at_one[0] <= 0.01,
@@ -150,6 +157,35 @@ def attack_checks(
         "gradient_free_never_beats_gradient_attacks", not bad,
         f"{gradient_free.name} {_fmt(free)} vs best gradient attack {_fmt(gradient_best)} at ε={eps}"))
     return results
+
+
+def paired_gap(weak: Tensor, strong: Tensor) -> tuple[float, float]:
+    """Accuracy of ``weak`` minus that of ``strong`` (robust masks of the same samples) and its
+    paired sampling allowance 2·sqrt(b + c)/n + 1/n, where b and c count the samples only one of
+    the two broke (McNemar): far tighter than two independent binomial errors."""
+    n = max(weak.numel(), 1)
+    only_strong = int((weak & ~strong).sum())  # robust to the weak attack, broken by the strong one
+    only_weak = int((strong & ~weak).sum())
+    return (only_strong - only_weak) / n, 2.0 * math.sqrt(only_strong + only_weak) / n + 1.0 / n
+
+
+def check_pgd_matches_reference(
+    model: nn.Module, pgd: Attack, fgsm: Attack, reference: Attack, x: Tensor, y: Tensor,
+    epsilons: Sequence[float], batch_size: int, seed: int,
+) -> CheckResult:
+    """The run's worst case of FGSM and PGD against a stronger reference (APGD-CE + APGD-T) on the
+    same samples: a step too short, too few steps or a poor loss leave samples that the reference
+    breaks. More steps of a step that is too short cannot show that; a different optimiser can."""
+    eps = sorted(float(e) for e in epsilons)
+    _, base = robust_masks(model, pgd, x, y, eps, batch_size, seed)
+    _, one_step = robust_masks(model, fgsm, x, y, eps, batch_size, seed)
+    _, strong = robust_masks(model, reference, x, y, eps, batch_size, seed + 2)
+    gaps = [paired_gap(b & f, s) for b, f, s in zip(base, one_step, strong)]
+    bad = [e for e, (gap, allowance) in zip(eps, gaps) if gap > allowance]
+    detail = (f"worst(fgsm, pgd) minus {reference.name} at ε={eps}: "
+              + ", ".join(f"{100 * g:+.1f} (allowance {100 * a:.1f})" for g, a in gaps) + " points"
+              + ("" if not bad else f": {reference.name} breaks more than noise explains, the default PGD is too weak"))
+    return CheckResult("pgd_close_to_apgd", not bad, detail)
 
 
 def checks_frame(results: Sequence[CheckResult]) -> pd.DataFrame:

@@ -42,7 +42,7 @@ def robustness_table(
     """One row per (attack, ε) with the columns of ``TABLE_COLUMNS`` (and ``meta`` filled in)."""
     x, y = (test.x, test.y) if n_samples is None else (test.x[:n_samples], test.y[:n_samples])
     rows = []
-    outcomes: dict[tuple, list[tuple]] = {}  # (norm, ε) -> per attack: (robust mask, clean accuracy)
+    outcomes: dict[tuple, list[tuple]] = {}  # (norm, ε) -> per attack: (name, robust mask, clean accuracy)
 
     def add_rows(name: str, norm: str, clean: float, grid: Sequence[float], masks: list) -> None:
         for eps, mask in zip(grid, masks):
@@ -59,16 +59,30 @@ def robustness_table(
         log.info("%s: clean %.4f, robust %s", name, clean, " ".join(f"{robust_accuracy(m):.4f}" for m in masks))
         add_rows(name, attack.norm, clean, grid, masks)
         for eps, mask in zip(grid, masks):
-            outcomes.setdefault((attack.norm, float(eps)), []).append((mask, clean))
+            outcomes.setdefault((attack.norm, float(eps)), []).append((name, mask, clean))
     norms = {norm for norm, _ in outcomes}
-    # Worst case per (norm, ε) over every attack that ran there, on the samples all of them attacked
-    # (a trimmed attack, e.g. AutoAttack on the first N, limits that ε's row to those N).
+    n_all = x.shape[0]
+    # Worst case per (norm, ε) over every attack that ran there on all samples: the headline. Where an
+    # attack ran on the first N only (AutoAttack on a CPU budget), also the worst case over every
+    # attack on those N, and each full attack restricted to them (so that, e.g., AutoAttack minus the
+    # APGD pair can be read off on the same images).
     for (norm, eps), results in outcomes.items():
-        if len(results) > 1:
-            n = min(mask.shape[0] for mask, _ in results)
-            worst = torch.stack([mask[:n] for mask, _ in results]).all(dim=0)
-            clean = next(c for mask, c in results if mask.shape[0] == n)
-            add_rows(WORST_CASE if len(norms) == 1 else f"{WORST_CASE}_{norm}", norm, clean, [eps], [worst])
+        worst_name = WORST_CASE if len(norms) == 1 else f"{WORST_CASE}_{norm}"
+        full = [(name, mask, c) for name, mask, c in results if mask.shape[0] == n_all]
+        trimmed_sizes = sorted({mask.shape[0] for _, mask, _ in results if mask.shape[0] < n_all})
+        if len(full) > 1 or (full and trimmed_sizes):
+            worst = torch.stack([mask for _, mask, _ in full]).all(dim=0)
+            add_rows(worst_name, norm, full[0][2], [eps], [worst])
+        elif not full and len(results) > 1:  # only trimmed attacks here: over the samples all of them attacked
+            n = trimmed_sizes[0]
+            worst = torch.stack([mask[:n] for _, mask, _ in results]).all(dim=0)
+            add_rows(worst_name, norm, next(c for _, m, c in results if m.shape[0] == n), [eps], [worst])
+        for n in trimmed_sizes if full else []:
+            clean_n = next(c for _, m, c in results if m.shape[0] == n)
+            worst = torch.stack([mask[:n] for _, mask, _ in results]).all(dim=0)
+            add_rows(f"{worst_name}_first{n}", norm, clean_n, [eps], [worst])
+            for name, mask, _ in full:
+                add_rows(f"{name}_first{n}", norm, clean_n, [eps], [mask[:n]])
     frame = pd.DataFrame(rows)
     extra = [c for c in frame.columns if c not in TABLE_COLUMNS]
     return frame[TABLE_COLUMNS + extra]
@@ -96,8 +110,10 @@ def markdown_table(frame: pd.DataFrame, attacks: Mapping[str, FoolboxAttack] | N
         lines += [f"- {name}: {a.describe()}" + (f" — first {a.n_samples} test samples only" if a.n_samples else "")
                   for name, a in attacks.items()]
     if any(str(a).startswith(WORST_CASE) for a in wide.columns):
-        lines.append(f"- {WORST_CASE}: per sample, robust only if it survives every attack above (of that norm)"
-                     + ("; at the radii of an attack run on the first N samples only, over those N"
+        lines.append(f"- {WORST_CASE}: per sample, robust only if it survives every attack above (of that norm) "
+                     "that ran on all samples"
+                     + ("; `*_firstN` columns: on the first N samples only, where an attack ran on those only "
+                        f"(`{WORST_CASE}_firstN` over every attack, including the trimmed one)"
                         if attacks and any(a.n_samples for a in attacks.values()) else ""))
     lines.append(f"- {SWEEP_NOTE}")
     return "\n".join(lines) + "\n"
