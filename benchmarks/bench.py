@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from isorobust.data import load_mnist
 from isorobust.evaluation.attacks import LinfPGD, robust_masks
@@ -131,18 +132,12 @@ def plain_pgd_sweep(model, x, y, epsilons, steps=40, rel_stepsize=1 / 30, batch=
 
 
 def bench_attack(data, n: int) -> list[tuple[str, str]]:
-    torch.manual_seed(0)
-    model = MLP()
-    opt = make_adam(model, 1e-3)
-    for i in range(0, len(data.train), 100):  # one epoch: a real, non-trivial model to attack
-        loss = F.cross_entropy(model(data.train.x[i : i + 100]), data.train.y[i : i + 100])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    model = trained_reference(data)
     x, y = data.test.x[:n], data.test.y[:n]
     t0 = time.perf_counter()
-    correct, masks = robust_masks(model, LinfPGD(), x, y, EPSILONS, batch_size=1000, seed=0)
+    # The old default's budget (40 constant steps of ε/30), against a plain loop with the same budget.
+    same_budget = LinfPGD(steps=40, rel_stepsize=1 / 30, schedule="constant", keep_fooled=False)
+    correct, masks = robust_masks(model, same_budget, x, y, EPSILONS, batch_size=1000, seed=0)
     ours = time.perf_counter() - t0
     attacked = sum(int(m.sum()) for m in [correct] + masks[:-1])  # survivors of the previous ε
     t0 = time.perf_counter()
@@ -160,6 +155,96 @@ def bench_attack(data, n: int) -> list[tuple[str, str]]:
         ("robust accuracy, plain loop", " ".join(f"{a:.4f}" for a in plain_curve)),
         ("robust accuracy, isorobust sweep", " ".join(f"{a:.4f}" for a in ours_curve)),
     ]
+
+
+class CountingModel(torch.nn.Module):
+    """Counts the samples that pass through the model's forward (one per attack iteration each)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.rows = model, 0
+
+    def forward(self, x):
+        self.rows += x.shape[0]
+        return self.model(x)
+
+
+def matmul_macs_per_second(size: int = 1024, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return repeats * size**3 / (time.perf_counter() - t0)
+
+
+def mlp_macs_per_iteration(model: torch.nn.Module) -> int:
+    """Forward + backward to the input of a stack of linear layers: 2 × the weights' size per sample
+    (the attacks need no weight gradients)."""
+    return 2 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def bench_attack_strength(data, n: int, n_autoattack: int) -> list[tuple[str, str]]:
+    """The full-strength attacks: default PGD and apgd sweeps over the grid, AutoAttack on
+    ``n_autoattack`` images at 4 radii with per-component times, each as attacked
+    (sample, ε, iteration) per second next to the model's arithmetic limit."""
+    from isorobust.evaluation.apgd import APGD
+    from isorobust.evaluation.autoattack import AutoAttack
+
+    model = trained_reference(data)
+    macs = mlp_macs_per_iteration(model)
+    rate = matmul_macs_per_second()
+    limit = rate / macs
+    x, y = data.test.x[:n], data.test.y[:n]
+    rows = [("machine's fp32 matmul rate (1024³, torch threads)", f"{rate / 1e9:.1f} GMAC/s"),
+            ("model cost per attack iteration (forward + backward to the input)",
+             f"{macs / 1e3:.0f} kMAC per sample → arithmetic limit {limit:,.0f} sample·iterations/s")]
+    pgd_cfg = OmegaConf.load(HERE.parent / "configs" / "attack" / "pgd.yaml")
+    pgd = LinfPGD(**{k: v for k, v in pgd_cfg.items() if not k.startswith("_") and k not in ("epsilons", "n_samples")})
+    for name, attack, grid, xs, ys in [
+        ("default PGD sweep (" + pgd.describe() + f"), {n} images × {len(EPSILONS)} ε", pgd, EPSILONS, x, y),
+        (f"apgd sweep (APGD-CE + APGD-T, 100 iterations, 9 targets), {n} images × {len(EPSILONS)} ε",
+         APGD(), EPSILONS, x, y),
+    ]:
+        counted = CountingModel(model)
+        t0 = time.perf_counter()
+        robust_masks(counted, attack, xs, ys, grid, batch_size=1000, seed=0)
+        sec = time.perf_counter() - t0
+        rows.append((name, f"{sec:.1f} s, {counted.rows / sec:,.0f} sample·iterations/s = "
+                           f"{counted.rows / sec / limit:.0%} of the arithmetic limit"))
+    aa = AutoAttack()
+    grid = [0.05, 0.1, 0.2, 0.3]
+    xs, ys = data.test.x[:n_autoattack], data.test.y[:n_autoattack]
+    t0 = time.perf_counter()
+    robust_masks(model, aa, xs, ys, grid, batch_size=1000, seed=0)
+    total = time.perf_counter() - t0
+    rows.append((f"AutoAttack standard, {n_autoattack} images × ε {grid}", f"{total:.1f} s in all"))
+    iterations = {"apgd-ce": 100, "apgd-t": 100, "fab-t": 100 * 9, "square": 5000}
+    for component in ["apgd-ce", "apgd-t", "fab-t", "square"]:
+        for eps in grid:
+            runs = [(m, s) for c, e, m, s in aa.runs if c == component and e == eps]
+            if not runs:
+                continue
+            samples, sec = sum(m for m, _ in runs), sum(s for _, s in runs)
+            work = samples * iterations[component]  # upper bound: broken samples leave APGD early
+            kind = "queries (forward only)" if component == "square" else "sample·iterations"
+            rows.append((f"  {component} at ε={eps:g}", f"{sec:.1f} s on {samples} samples"
+                         + ("" if component != "apgd-t" else " (summed over targets)")
+                         + f"; at most {work / max(sec, 1e-9):,.0f} {kind}/s"))
+    return rows
+
+
+def trained_reference(data) -> torch.nn.Module:
+    """The reference MLP after one epoch of Adam: a real, non-trivial model to attack."""
+    torch.manual_seed(0)
+    model = MLP()
+    opt = make_adam(model, 1e-3)
+    for i in range(0, len(data.train), 100):
+        loss = F.cross_entropy(model(data.train.x[i : i + 100]), data.train.y[i : i + 100])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
 
 
 def bench_end_to_end(extra: list[str]) -> list[tuple[str, str]]:
@@ -187,17 +272,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not for the record)")
     ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--only-attacks", action="store_true", help="only the full-strength attack rows")
     ap.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     args = ap.parse_args()
 
     data_root = os.environ.get("ISOROBUST_DATA", "data")
     data = load_mnist(root=data_root, download=False)
     rounds, steps, n_attack = (4, 10, 200) if args.quick else (80, 20, 10000)
-    sections = [("Training throughput (reference MLP, batch 100, 1 step = forward + backward + Adam)",
-                 bench_training(data.train.x, data.train.y, rounds, steps))]
-    sections.append((f"PGD sweep over the 10-ε grid, {n_attack} test samples (40 steps of ε/30, random start)",
-                     bench_attack(data, n_attack)))
-    if not args.skip_e2e:
+    sections = [] if args.only_attacks else [
+        ("Training throughput (reference MLP, batch 100, 1 step = forward + backward + Adam)",
+         bench_training(data.train.x, data.train.y, rounds, steps))]
+    if not args.only_attacks:
+        sections.append((f"PGD sweep machinery over the 10-ε grid, {n_attack} test samples (40 constant steps of ε/30, "
+                         "random start, the same budget on both sides)", bench_attack(data, n_attack)))
+    n_strong, n_aa = (200, 100) if args.quick else (1000, 1000)
+    sections.append((f"Full-strength attacks on {n_strong} test images (AutoAttack on {n_aa}), one-epoch reference MLP",
+                     bench_attack_strength(data, n_strong, n_aa)))
+    if not args.skip_e2e and not args.only_attacks:
         extra = ["dataset.train_size=2000", "dataset.test_size=500", "trainer.epochs=1"] if args.quick else []
         sections.append(("End to end: default run with the regularizer", bench_end_to_end(extra)))
 

@@ -86,3 +86,39 @@ def test_monotonicity_is_judged_per_sample_count():
     rising = pd.concat([table, pd.DataFrame(rows("worst_case", 150, [(0.4, 0.5)]))])
     check = {c.check: c for c in table_checks(rising)}["accuracy_non_increasing_in_epsilon"]
     assert not check.passed and "worst_case (150 samples)" in check.detail
+
+
+@pytest.mark.requires_mnist
+def test_pgd_close_to_apgd_fails_on_the_old_pgd_default_and_passes_on_the_new():
+    """On the reference MLP (one epoch of Adam on MNIST), foolbox's old default (40 constant steps of
+    0.01/0.3·ε) is measurably weaker than APGD-CE + APGD-T at ε ≈ 0.05–0.08; the new default is not."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    from isorobust.data import load_mnist
+    from isorobust.evaluation.apgd import APGD
+    from isorobust.evaluation.checks import check_pgd_matches_reference
+    from isorobust.models import mlp
+    from tests.conftest import REPO
+
+    data = load_mnist(root=os.environ["ISOROBUST_DATA"], download=False)
+    torch.manual_seed(0)
+    model = mlp(data.input_shape, 10)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for i in range(0, len(data.train), 100):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(data.train.x[i : i + 100]), data.train.y[i : i + 100]).backward()
+        opt.step()
+    model.eval()
+    x, y = data.test.x[:1000], data.test.y[:1000]
+    eps = [0.05, 0.08]
+    old = LinfPGD(steps=40, rel_stepsize=0.01 / 0.3, schedule="constant", keep_fooled=False)
+    settings = OmegaConf.load(REPO / "configs" / "attack" / "pgd.yaml")
+    new = LinfPGD(**{k: v for k, v in settings.items() if not k.startswith("_") and k not in ("epsilons", "n_samples")})
+    reference = APGD()
+    weak = check_pgd_matches_reference(model, old, FGSM(), reference, x, y, eps, 1000, 0)
+    strong = check_pgd_matches_reference(model, new, FGSM(), reference, x, y, eps, 1000, 0)
+    print(weak.line(), strong.line(), sep="\n")
+    assert not weak.passed, weak.line()
+    assert strong.passed, strong.line()

@@ -171,16 +171,19 @@ def paired_gap(weak: Tensor, strong: Tensor) -> tuple[float, float]:
 
 def check_pgd_matches_reference(
     model: nn.Module, pgd: Attack, fgsm: Attack, reference: Attack, x: Tensor, y: Tensor,
-    epsilons: Sequence[float], batch_size: int, seed: int,
+    epsilons: Sequence[float], batch_size: int, seed: int, slack: float = 0.005,
 ) -> CheckResult:
     """The run's worst case of FGSM and PGD against a stronger reference (APGD-CE + APGD-T) on the
     same samples: a step too short, too few steps or a poor loss leave samples that the reference
-    breaks. More steps of a step that is too short cannot show that; a different optimiser can."""
+    breaks. More steps of a step that is too short cannot show that; a different optimiser can.
+    Allowed: ``slack`` (0.5 point: a cross-entropy PGD trails the targeted DLR loss by a little)
+    plus the paired sampling allowance."""
     eps = sorted(float(e) for e in epsilons)
     _, base = robust_masks(model, pgd, x, y, eps, batch_size, seed)
     _, one_step = robust_masks(model, fgsm, x, y, eps, batch_size, seed)
     _, strong = robust_masks(model, reference, x, y, eps, batch_size, seed + 2)
-    gaps = [paired_gap(b & f, s) for b, f, s in zip(base, one_step, strong)]
+    gaps = [(gap, allowance + slack) for gap, allowance in
+            (paired_gap(b & f, s) for b, f, s in zip(base, one_step, strong))]
     bad = [e for e, (gap, allowance) in zip(eps, gaps) if gap > allowance]
     detail = (f"worst(fgsm, pgd) minus {reference.name} at ε={eps}: "
               + ", ".join(f"{100 * g:+.1f} (allowance {100 * a:.1f})" for g, a in gaps) + " points"
