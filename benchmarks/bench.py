@@ -234,6 +234,39 @@ def bench_attack_strength(data, n: int, n_autoattack: int) -> list[tuple[str, st
     return rows
 
 
+def bench_autoattack_before_after(data, n: int) -> list[tuple[str, str]]:
+    """AutoAttack as the previous version ran it (torchattacks' MultiAttack of its APGD, APGD-T, FAB-T
+    and Square) against this one, on the same images and radii, side by side."""
+    import torchattacks as ta
+
+    from isorobust.evaluation.attacks import Attack
+    from isorobust.evaluation.autoattack import AutoAttack
+
+    class PreviousAutoAttack(Attack):
+        name = "autoattack-previous"
+
+        def perturb(self, model, x, y, epsilon):
+            common = dict(norm="Linf", eps=epsilon, seed=0)
+            apgdt = ta.APGDT(model, steps=100, n_classes=10, n_restarts=1, **common)
+            fab = ta.FAB(model, steps=100, multi_targeted=True, n_classes=10, n_restarts=1, **common)
+            apgdt.n_target_classes = fab.n_target_classes = 9
+            return ta.MultiAttack([ta.APGD(model, steps=100, loss="ce", n_restarts=1, **common), apgdt, fab,
+                                   ta.Square(model, n_queries=5000, n_restarts=1, **common)])(x, y)
+
+    model = trained_reference(data)
+    x, y = data.test.x[:n], data.test.y[:n]
+    grid = [0.05, 0.1, 0.2, 0.3]
+    out = {}
+    for name, attack in [("previous (torchattacks MultiAttack)", PreviousAutoAttack()), ("this version", AutoAttack())]:
+        t0 = time.perf_counter()
+        _, masks = robust_masks(model, attack, x, y, grid, batch_size=1000, seed=0)
+        out[name] = (time.perf_counter() - t0, [m.float().mean().item() for m in masks])
+    (t_old, acc_old), (t_new, acc_new) = out.values()
+    return [(f"AutoAttack, {n} images × ε {grid}: {name}",
+             f"{sec:.1f} s; robust accuracy " + " ".join(f"{100 * a:.1f}" for a in acc) + " %")
+            for name, (sec, acc) in out.items()] + [("speed-up", f"{t_old / t_new:.1f}×")]
+
+
 def trained_reference(data) -> torch.nn.Module:
     """The reference MLP after one epoch of Adam: a real, non-trivial model to attack."""
     torch.manual_seed(0)
@@ -288,6 +321,9 @@ def main() -> None:
     n_strong, n_aa = (200, 100) if args.quick else (1000, 1000)
     sections.append((f"Full-strength attacks on {n_strong} test images (AutoAttack on {n_aa}), one-epoch reference MLP",
                      bench_attack_strength(data, n_strong, n_aa)))
+    n_compare = 100 if args.quick else 300
+    sections.append((f"AutoAttack before and after (same one-epoch MLP, first {n_compare} test images)",
+                     bench_autoattack_before_after(data, n_compare)))
     if not args.skip_e2e and not args.only_attacks:
         extra = ["dataset.train_size=2000", "dataset.test_size=500", "trainer.epochs=1"] if args.quick else []
         sections.append(("End to end: default run with the regularizer", bench_end_to_end(extra)))

@@ -78,12 +78,28 @@ def test_attack_command_with_other_settings(trained_run):
     assert table["clean_accuracy"].iloc[0] == full.loc[("pgd", 0.1), "clean_accuracy"]
 
 
+def test_attack_command_runs_apgd_on_survivors_with_its_sample_count(trained_run):
+    work, run_dir, _ = trained_run
+    out = work / "apgd"
+    proc = run_cli("attack", f"run={run_dir}", "attack=[pgd,apgd]", "attack.apgd.n_samples=300",
+                   "attack.apgd.n_target_classes=3", f"hydra.run.dir={out}", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_csv(out / "robustness.csv").set_index(["attack", "epsilon"])
+    assert (table.loc["apgd", "n_samples"] == 300).all() and (table.loc["pgd", "n_samples"] == 500).all()
+    apgd = table.loc["apgd", "robust_accuracy"].tolist()
+    assert apgd == sorted(apgd, reverse=True)
+    # on the same 300 images, APGD-CE + APGD-T is at least as strong as PGD (+ noise)
+    pgd300 = table.loc["pgd_first300", "robust_accuracy"].tolist()
+    assert all(a <= p + 0.02 for a, p in zip(apgd, pgd300)), (apgd, pgd300)
+    assert "APGD-CE, then APGD-T (DLR, 3 targets)" in (out / "robustness.md").read_text()
+
+
 def test_sanity_checks_run_with_the_training_and_on_their_own(trained_run):
     work, run_dir, proc = trained_run
     checks = pd.read_csv(run_dir / "checks.csv")
     expected = {"pgd_not_above_fgsm", "accuracy_non_increasing_in_epsilon", "more_steps_and_restarts_never_raise_accuracy",
                 "pgd_converged", "pgd_at_epsilon_1_gives_zero", "transfer_never_beats_white_box",
-                "gradient_free_never_beats_gradient_attacks"}
+                "gradient_free_never_beats_gradient_attacks", "pgd_close_to_apgd"}
     assert expected <= set(checks["check"])
     assert "Sanity checks:" in proc.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())

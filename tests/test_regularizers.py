@@ -193,8 +193,11 @@ def test_study_experiments_compose_into_sweeps(tmp_path, experiment):
     assert str(params.seed) == "0,1,2" and experiment in OmegaConf.to_container(hydra.sweep)["dir"]
     proc = run_cli("train", f"experiment={experiment}", "--cfg", "job", cwd=tmp_path)
     cfg = OmegaConf.create(proc.stdout)
-    assert set(cfg.attack) == {"fgsm", "pgd", "paper_fgsm", "autoattack"}
-    assert list(cfg.attack.autoattack.epsilons) == [0.05, 0.1, 0.2, 0.3] and cfg.attack.autoattack.n_samples >= 100
+    assert set(cfg.attack) == {"fgsm", "pgd", "paper_fgsm", "apgd", "autoattack"}
+    assert list(cfg.attack.autoattack.epsilons) == [0.05, 0.1, 0.2, 0.3] and cfg.attack.autoattack.n_samples >= 1000
+    # the APGD pair on the whole test set, at least at AutoAttack's radii
+    assert cfg.attack.apgd.n_samples is None and cfg.eval.n_samples is None
+    assert {0.05, 0.1, 0.2, 0.3} <= set(cfg.attack.apgd.epsilons or cfg.eval.epsilons)
     assert {0.05, 0.1, 0.2, 0.3} <= set(cfg.eval.epsilons)
     if experiment == "paper_mnist":
         assert str(params["reg.weight"]) == "0,0.01,0.1,1,10" and cfg.reg.name == "isometric"

@@ -157,7 +157,32 @@ def headline(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, st
         if gaps and config[CONFIG_COLUMNS.index("reg_weight")] and "isometric" in str(config[CONFIG_COLUMNS.index("reg")]):
             sentences.append(f"Original protocol (paper_fgsm) minus FGSM, {labels[config]}: {', '.join(gaps)} points.")
             inflation.extend((config, eps, gap) for eps, gap in gap_values)
+    sentences += autoattack_sentences(robust, configs, radii, labels)
     return table, sentences, conclusion(compared, inflation, labels, main or set(configs), reference_config)
+
+
+def autoattack_sentences(robust: pd.DataFrame, configs: list[tuple], radii: list[float],
+                         labels: dict[tuple, str]) -> list[str]:
+    """AutoAttack minus the APGD pair on the images AutoAttack attacked (``apgd_firstN`` rows): FAB-T
+    and Square add what the gradient pair missed, so ≈ 0 says the pair alone is full strength."""
+    gaps = []
+    for config in configs:
+        for eps in radii:
+            aa = _value(robust, config, "autoattack", eps)
+            pair = None if aa is None else _value(robust, config, f"apgd_first{int(aa['n_samples'])}", eps)
+            if pair is not None:
+                gaps.append((config, eps, int(aa["n_samples"]), float(aa["mean"] - pair["mean"])))
+    if not gaps:
+        return []
+    worst = min(gaps, key=lambda g: g[3])
+    nonzero = [g for g in gaps if abs(g[3]) >= 0.0005]
+    text = (f"AutoAttack minus the APGD pair (`apgd`) on the same first {gaps[0][2]} test images, mean over seeds: "
+            + ("0.0 points in every configuration at every radius: FAB-T and Square found nothing the pair missed."
+               if not nonzero else
+               f"non-zero in {len(nonzero)} of {len(gaps)} (configuration, ε) cells, at most "
+               f"{100 * worst[3]:+.2f} points ({labels[worst[0]]}, ε={worst[1]:g}): "
+               + "; ".join(f"{labels[c]} ε={e:g} {100 * g:+.2f}" for c, e, _, g in nonzero) + "."))
+    return [text]
 
 
 def conclusion(compared: list[tuple[tuple, float, pd.Series]], inflation: list[tuple[tuple, float, float]],
