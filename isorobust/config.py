@@ -1,7 +1,7 @@
 """Checks on a composed configuration, gathered into one message before any work starts."""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -40,6 +40,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("trainer.adv.warmup_epochs", lambda v: _is_number(v) and v >= 0, ">= 0"),
     ("model.width", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("model.depth", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    ("model.channels", lambda v: isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2
+     and all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in v), "two integers >= 1"),
     ("dataset.train_size", lambda v: isinstance(v, int) and v >= 1, "null or an integer >= 1"),
     ("dataset.test_size", lambda v: isinstance(v, int) and v >= 1, "null or an integer >= 1"),
     ("eval.n_samples", lambda v: isinstance(v, int) and v >= 1, "null or an integer >= 1"),
