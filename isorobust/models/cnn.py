@@ -17,10 +17,12 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from isorobust.errors import ConfigError
+from isorobust.models.mlp import MLP
 
 
-class CNN(nn.Module):
-    """Conv feature extractor + tanh layers; the constructor arguments are plain values (``config``)
+class CNN(MLP):
+    """Conv feature extractor in front of the MLP's tanh layers (``MLP`` with ``depth − 1`` width×width
+    layers on the flattened conv features); the constructor arguments are plain values (``config``)
     so that a checkpoint rebuilds it through the fixed table of ``isorobust.models.MODEL_CLASSES``."""
 
     def __init__(
@@ -31,7 +33,6 @@ class CNN(nn.Module):
         depth: int = 3,
         num_classes: int = 10,
     ) -> None:
-        super().__init__()
         shape = [int(s) for s in input_shape]
         chans = [int(c) for c in channels] if isinstance(channels, Sequence) else []
         if len(shape) != 3 or shape[1] < 4 or shape[2] < 4:
@@ -40,36 +41,19 @@ class CNN(nn.Module):
             raise ValueError(f"model.channels must be two integers >= 1 (got {list(channels)})")
         if width < 1 or depth < 1:
             raise ValueError(f"model.width and model.depth must be >= 1 for model=cnn (got {width}, {depth})")
-        self.config = dict(input_shape=shape, channels=chans, width=width, depth=depth, num_classes=num_classes)
         (c_in, h, w), (c1, c2) = shape, chans
+        flat_features = c2 * (h // 4) * (w // 4)
+        # The tanh layers, their orthogonal init and forward_features are the MLP's.
+        super().__init__(flat_features, width, depth - 1, num_classes, "tanh")
+        self.config = dict(input_shape=shape, channels=chans, width=width, depth=depth, num_classes=num_classes)
+        self.flat_features = flat_features
         self.conv = nn.Sequential(
             nn.Conv2d(c_in, c1, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(c1, c2, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         )
-        self.flat_features = c2 * (h // 4) * (w // 4)
-        self.input_layer = nn.Linear(self.flat_features, width)
-        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 1))
-        self.act = nn.Tanh()
-        self.readout = nn.Linear(width, num_classes)
-        for layer in self.hidden:
-            # As in the MLP: orthogonal width×width weights keep distances through the linear part at init.
-            nn.init.orthogonal_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
-    @property
-    def num_hidden(self) -> int:
-        return len(self.hidden) + 1
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        h = self.act(self.input_layer(self.conv(x).flatten(1)))
-        features = [h]
-        for layer in self.hidden:
-            h = self.act(layer(h))
-            features.append(h)
-        return self.readout(h), features
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_features(x)[0]
+        return super().forward_features(self.conv(x))
 
 
 def cnn(
