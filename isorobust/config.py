@@ -27,7 +27,9 @@ def _is_number(v: Any) -> bool:
 REG_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("weight", lambda v: _is_number(v) and v >= 0, ">= 0"),
     ("scale", lambda v: _is_number(v) and v > 0, "> 0"),
-    ("layer", lambda v: isinstance(v, int), "an integer"),
+    ("layer", lambda v: (isinstance(v, int) and not isinstance(v, bool)) or v == "all" or (
+        isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0
+        and all(isinstance(l, int) and not isinstance(l, bool) for l in v)), "an integer, a list of integers or 'all'"),
     ("n_projections", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
 ]
 
@@ -35,6 +37,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("trainer.epochs", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("trainer.batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("trainer.lr", lambda v: _is_number(v) and v > 0, "> 0"),
+    ("trainer.eval_every", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("trainer.adv.eps", lambda v: _is_number(v) and 0 <= v <= 1, "in [0, 1]"),
     ("trainer.adv.steps", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("trainer.adv.warmup_epochs", lambda v: _is_number(v) and v >= 0, ">= 0"),

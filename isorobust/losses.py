@@ -13,8 +13,9 @@ the trainer adds ``weight ×`` each term to the cross-entropy. Those with ``need
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -143,19 +144,50 @@ def input_gradient_norm_squared(x: Tensor, logits: Tensor, y: Tensor) -> Tensor:
     return grad.pow(2).sum() / x.shape[0]
 
 
+ALL_LAYERS = "all"
+
+
 @dataclass
 class IsometricRegularizer:
-    """isometric_loss on one hidden layer of the model (``reg=isometric``); weight = β, scale = K."""
+    """isometric_loss on hidden layers of the model (``reg=isometric``); weight = β, scale = K.
+
+    ``layer``: one hidden layer (an index, -1 = the last), a list of them, or ``"all"``. With several,
+    the term is the sum of one isometric_loss per layer, so each layer carries the weight β.
+    """
 
     weight: float = 0.1
     scale: float = 10.0
-    layer: int = -1
+    layer: int | str | list[int] = -1
     name: str = "isometric"
     needs_input_grad: ClassVar[bool] = False
 
+    def layers(self, num_hidden: int) -> list[int]:
+        """The hidden-layer indices the term acts on, in [0, num_hidden)."""
+        return resolve_layers(self.layer, num_hidden)
+
     def __call__(self, x: Tensor, logits: Tensor, features: list[Tensor], y: Tensor) -> Tensor:
         # x.detach(): the input distances are constants of the loss (no second autograd path).
-        return isometric_loss(x.detach(), features[self.layer], y, scale=self.scale)
+        layers = self.layers(len(features))
+        total = isometric_loss(x.detach(), features[layers[0]], y, scale=self.scale)
+        for layer in layers[1:]:
+            total = total + isometric_loss(x.detach(), features[layer], y, scale=self.scale)
+        return total
+
+
+def resolve_layers(layer: Any, num_hidden: int) -> list[int]:
+    """``reg.layer`` as hidden-layer indices in [0, num_hidden): an int (negative counts from the
+    end), a list of ints, or ``"all"``. ValueError names the bad value."""
+    if layer == ALL_LAYERS:
+        return list(range(num_hidden))
+    wanted = [layer] if isinstance(layer, int) and not isinstance(layer, bool) else layer
+    if isinstance(wanted, str) or not isinstance(wanted, Sequence) or not wanted or not all(
+            isinstance(l, int) and not isinstance(l, bool) and -num_hidden <= l < num_hidden for l in wanted):
+        raise ValueError(f"must be a hidden-layer index in [{-num_hidden}, {num_hidden - 1}], a list of them, "
+                         f"or 'all' (got {layer!r})")
+    resolved = [l % num_hidden for l in wanted]
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"names a layer twice (got {layer!r})")
+    return resolved
 
 
 @dataclass

@@ -22,6 +22,8 @@ from isorobust.evaluation.attacks import FGSM, Attack, LinfPGD
 from isorobust.evaluation.checks import attack_checks, checks_frame, summary_text, table_checks, train_surrogate
 from isorobust.evaluation.clean import clean_metrics
 from isorobust.evaluation.isometry import isometry_options, isometry_report
+from isorobust.evaluation.isometry_regions import isometry_map_report, region_extras, run_title
+from isorobust.losses import resolve_layers
 from isorobust.hierarchy.evaluation import (
     check_hierarchy_config, hierarchy_metrics, markdown_by_level, robustness_by_level,
 )
@@ -31,7 +33,8 @@ from isorobust.training.standard import isometric_monitor
 
 log = logging.getLogger(__name__)
 
-RESULT_FILES = ("metrics.json", "robustness.csv", "robustness.md", "isometry.csv", "isometry_boundary.png", "checks.csv")
+RESULT_FILES = ("metrics.json", "robustness.csv", "robustness.md", "isometry.csv", "isometry_boundary.png",
+                "isometry_torus.csv", "isometry_torus.png", "checks.csv")
 
 
 def build_attacks(attack_cfg: Mapping[str, Any]) -> dict[str, Attack]:
@@ -96,9 +99,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     regularizers = build_regularizers(cfg.get("reg"))
     for r in regularizers:
         layer = getattr(r, "layer", None)
-        if layer is not None and not -model.num_hidden <= layer < model.num_hidden:
-            raise ConfigError(f"the {r.name} regularizer's layer must be in [{-model.num_hidden}, "
-                              f"{model.num_hidden - 1}] (got {layer})")
+        if layer is not None:
+            try:
+                resolve_layers(layer, model.num_hidden)
+            except ValueError as exc:
+                raise ConfigError(f"the {r.name} regularizer's layer {exc}") from None
     iso_layers, iso_max_per_class = isometry_options(cfg.eval, model.num_hidden)
     attacks = build_attacks(cfg.attack)
     epsilons = sorted_epsilons(cfg.eval.epsilons)
@@ -113,7 +118,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     monitor_scale, monitor_layer = isometric_monitor(regularizers)
     test = clean_metrics(model, data.test, trainer.batch_size, monitor_scale, monitor_layer)
-    isometry = isometry_report(model, data, run_dir, iso_layers, iso_max_per_class)  # writes isometry.csv
+    isometry = isometry_report(model, data, run_dir, iso_layers, iso_max_per_class,
+                               region_extras(data))  # writes isometry.csv (+ the torus' near/far rows)
+    if getattr(data, "test_angles", None) is not None:  # the torus: the (u, v) map of the local distortion
+        meta = run_meta(cfg)
+        title = run_title(meta["reg_weight"], meta["reg_scale"], test["accuracy"], "isometric" in meta["reg"])
+        isometry_map_report(model, data, run_dir, iso_layers, title)
     eval_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()

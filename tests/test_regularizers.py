@@ -221,3 +221,30 @@ def test_train_with_two_regularizers_end_to_end(tmp_path):
     assert metrics["regularizers"] == [{"name": "isometric", "weight": 0.1}, {"name": "jacobian", "weight": 0.5}]
     assert metrics["train_isometric_loss"] > 0 and metrics["train_jacobian_loss"] > 0
     assert pd.read_csv(run / "robustness.csv")["reg"].eq("isometric+jacobian").all()
+
+
+def test_isometric_term_on_several_layers_is_the_sum_of_its_layers():
+    torch.manual_seed(0)
+    model = MLP(in_features=6, width=8, depth=3, num_classes=3).double()
+    x, y = torch.rand(12, 6, dtype=torch.float64), torch.arange(12) % 3
+    logits, features = model.forward_features(x)
+    one = [IsometricRegularizer(scale=2.0, layer=l)(x, logits, features, y) for l in range(4)]
+    assert torch.allclose(IsometricRegularizer(scale=2.0, layer="all")(x, logits, features, y), sum(one))
+    assert torch.allclose(IsometricRegularizer(scale=2.0, layer=[0, -1])(x, logits, features, y), one[0] + one[3])
+    assert IsometricRegularizer(layer=-1).layers(4) == [3]
+
+
+@pytest.mark.parametrize("layer", [4, -5, [], [0, 0], [0, "1"], "first", True])
+def test_bad_isometric_layers_are_refused(layer):
+    with pytest.raises(ValueError, match="hidden-layer index|twice"):
+        IsometricRegularizer(layer=layer).layers(4)
+
+
+@pytest.mark.parametrize("layer, ok", [("all", True), ([0, 2], True), (-1, True), ("last", False), (1.5, False)])
+def test_config_accepts_the_layer_forms(layer, ok):
+    cfg = OmegaConf.create({"reg": {"_target_": "isorobust.losses.IsometricRegularizer", "weight": 0.1, "layer": layer}})
+    if ok:
+        validate(cfg)
+    else:
+        with pytest.raises(ConfigError, match="reg.layer must be an integer, a list of integers or 'all'"):
+            validate(cfg)

@@ -78,3 +78,125 @@ def test_torus_run_writes_near_far_isometry_and_plot(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {(r["layer"], r["region"]) for r in metrics["isometry"]["near_far"]} == {(0, "near"), (0, "far"), (1, "near"), (1, "far")}
     assert (run_dir / "isometry_boundary.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# experiment=torus on a reduced grid: 16² training points (full batch 256), 24² test points, 600 epochs
+# instead of 40², 64² and 3000; the network, K, β, lr and classes are the preset's. Measured: 100 % clean
+# accuracy for β = 0 and β = 1 from epoch 25 on (the full preset: >= 99.8 %), so 95 % is the issue's
+# bar with a wide margin, not a tuned threshold.
+TORUS_REDUCED = ("experiment=torus", "dataset.grid=16", "dataset.test_grid=24", "trainer.batch_size=256",
+                 "trainer.epochs=600", "attack=fgsm", "eval.epsilons=[0.02,0.05]")
+
+
+@pytest.fixture(scope="module")
+def torus_sweep(tmp_path_factory):
+    """``isorobust train -m experiment=torus`` on the reduced grid: the β = 0 and β = 1 runs."""
+    sweep = tmp_path_factory.mktemp("torus") / "sweep"
+    proc = run_cli("train", "-m", *TORUS_REDUCED, f"hydra.sweep.dir={sweep}", cwd=sweep.parent,
+                   env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {json.loads((d / "metrics.json").read_text())["reg_weight"]: d for d in sweep.iterdir()
+            if (d / "metrics.json").is_file()}
+    assert sorted(runs) == [0.0, 1.0]
+    return sweep, runs
+
+
+def test_torus_preset_reaches_95_percent_with_and_without_the_regularizer(torus_sweep):
+    _, runs = torus_sweep
+    for beta, run in runs.items():
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["clean_accuracy"] >= 0.95, (beta, metrics["clean_accuracy"])
+        assert metrics["config"]["trainer"]["batch_size"] == metrics["n_train"] == 256  # full batch
+        assert [r["epoch"] for r in metrics["history"]] == [100, 200, 300, 400, 500, 600]  # trainer.eval_every=100
+        assert (metrics["reg"], metrics["reg_scale"]) == ("isometric", 1.0)
+        table = pd.read_csv(run / "isometry.csv", dtype={"class": str})
+        assert set(table["region"].dropna()) == {"near", "far"}  # the near/far rows stay
+        assert (run / "isometry_torus.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        cells = pd.read_csv(run / "isometry_torus.csv")
+        assert set(cells["layer"]) == {0, 1, 2} and len(cells) == 3 * 24 * 24
+        assert cells["ratio"].notna().all() and (cells["ratio"] > 0).all()
+
+
+def test_torus_regularizer_makes_the_last_layer_isometric_away_from_the_boundaries(torus_sweep):
+    from isorobust.evaluation.isometry_regions import typical_stretch
+
+    _, runs = torus_sweep
+    stretch = {}
+    for beta, run in runs.items():
+        cells = pd.read_csv(run / "isometry_torus.csv")
+        stretch[beta] = typical_stretch(cells[cells["layer"] == 2])
+    # β = 1: far from the boundaries the map is close to an isometry, and it breaks near them
+    assert stretch[1.0]["far"] < 1.3 < stretch[1.0]["near"], stretch
+    assert stretch[1.0]["far"] < stretch[0.0]["far"], stretch
+
+
+def test_side_by_side_figure_of_two_runs(torus_sweep, tmp_path, capsys):
+    from isorobust.evaluation.isometry_regions import main, side_by_side, torus_runs
+
+    sweep, runs = torus_sweep
+    assert torus_runs([sweep]) == [runs[0.0], runs[1.0]]  # a sweep directory: its runs in the order of β
+    out = side_by_side([runs[1.0], runs[0.0]], tmp_path / "pair.png", layer=-1)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    main([str(sweep), "--out", str(tmp_path / "sweep.png")])
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # a directory without torus runs: one error line
+        main([str(tmp_path), "--out", str(tmp_path / "none.png")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("isorobust: error:")
+    with pytest.raises(SystemExit):  # a layer the runs did not measure
+        main([str(sweep), "--layer", "7", "--out", str(tmp_path / "bad.png")])
+
+
+def test_local_ratios_by_class_match_local_ratios():
+    from isorobust.evaluation.isometry_regions import local_ratios_by_class, within_class_scale
+
+    g = torch.Generator().manual_seed(1)
+    x, z = torch.randn(90, 3, generator=g), torch.randn(90, 5, generator=g)
+    y = torch.arange(90) % 3
+    assert torch.allclose(local_ratios_by_class(x, z, y, 0.7, chunk=16), local_ratios(x, z, y, 0.7), equal_nan=True)
+    assert within_class_scale(x, 2 * x, y) == pytest.approx(0.5)
+
+
+def test_torus_test_angles_follow_the_test_points():
+    data = load_torus(grid=6, test_grid=10, class_grid=(2, 2), test_size=50)
+    assert data.test_angles.shape == (50, 2)
+    u, v = data.test_angles[:, 0].double(), data.test_angles[:, 1].double()
+    assert torch.equal(block_labels(u, v, (2, 2)), data.test.y)
+
+
+def test_eval_every_records_checkpoints_and_resumes_to_the_same_weights(tmp_path):
+    """trainer.eval_every: records and checkpoints every N epochs and after the last; resuming from the
+    last checkpoint ends where an uninterrupted run ends."""
+    from isorobust.losses import IsometricRegularizer
+    from isorobust.models import mlp
+    from isorobust.training import StandardTrainer
+
+    data = load_torus(grid=6, test_grid=8, class_grid=(2, 2))
+    reg = [IsometricRegularizer(weight=1.0, scale=1.0)]
+
+    def fit(epochs: int, run_dir, resume: bool = False):
+        torch.manual_seed(0)
+        model = mlp(data.input_shape, data.num_classes, width=8, depth=1)
+        trainer = StandardTrainer(epochs=epochs, batch_size=16, lr=0.01, eval_every=3, resume=resume, progress=False)
+        history = trainer.fit(model, data, reg, seed=0, run_dir=run_dir)
+        return model, history
+
+    whole, history = fit(7, tmp_path / "whole")
+    assert [r["epoch"] for r in history] == [3, 6, 7]
+    (tmp_path / "cut").mkdir()
+    _, first = fit(4, tmp_path / "cut")  # "interrupted" after epoch 4 (the last one is always saved)
+    assert [r["epoch"] for r in first] == [3, 4]
+    resumed, history = fit(7, tmp_path / "cut", resume=True)
+    assert [r["epoch"] for r in history] == [3, 4, 6, 7]
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_eval_every_must_be_a_positive_integer():
+    from omegaconf import OmegaConf
+
+    from isorobust.config import validate
+
+    with pytest.raises(ConfigError, match="trainer.eval_every"):
+        validate(OmegaConf.create({"trainer": {"eval_every": 0}}))

@@ -32,10 +32,15 @@ class TorusDataset(ImageDataset):
     # Intrinsic distance (along the surface, in input units) of each test point to the nearest class
     # boundary: the isometry report compares points near to and far from the boundaries.
     test_boundary_distance: Tensor | None = None
+    # The (u, v) angles of each test point, (N, 2) in [0, 2π): the isometry map draws the test points
+    # in the angle square (isometry_regions.isometry_map_report).
+    test_angles: Tensor | None = None
 
     def to(self, device: torch.device | str) -> "TorusDataset":
         boundary = None if self.test_boundary_distance is None else self.test_boundary_distance.to(device)
-        return TorusDataset(self.name, self.train.to(device), self.test.to(device), self.num_classes, boundary)
+        angles = None if self.test_angles is None else self.test_angles.to(device)
+        return TorusDataset(self.name, self.train.to(device), self.test.to(device), self.num_classes, boundary,
+                            angles)
 
 
 def torus_points(u: Tensor, v: Tensor, major_radius: float, minor_radius: float) -> Tensor:
@@ -107,7 +112,7 @@ def load_torus(
     extent = major_radius + minor_radius + 4.0 * noise
     to_cube = 1.0 / (2.0 * extent)
 
-    def make(n: int, shift: float, sigma: float) -> tuple[Split, Tensor]:
+    def make(n: int, shift: float, sigma: float) -> tuple[Split, Tensor, Tensor]:
         u, v = angle_grid(n, shift)
         points = torus_points(u, v, major_radius, minor_radius)
         if sigma > 0:
@@ -116,18 +121,19 @@ def load_torus(
         y = block_labels(u, v, class_grid)
         dist = boundary_distance(u, v, class_grid, major_radius, minor_radius) * to_cube
         order = torch.randperm(x.shape[0], generator=gen)
-        return Split(x[order], y[order]), dist[order].float()
+        return Split(x[order], y[order]), dist[order].float(), torch.stack([u, v], dim=1)[order].float()
 
-    train, _ = make(grid, 0.5, 0.0)  # cell centres: no training point sits on a block edge
-    test, test_dist = make(test_grid, 0.5, noise)
+    train, _, _ = make(grid, 0.5, 0.0)  # cell centres: no training point sits on a block edge
+    test, test_dist, test_angles = make(test_grid, 0.5, noise)
     if test_size is not None:
-        test_dist = test_dist[:test_size]
+        test_dist, test_angles = test_dist[:test_size], test_angles[:test_size]
     return TorusDataset(
         name=name,
         train=first_n(train, train_size),
         test=first_n(test, test_size),
         num_classes=math.prod(class_grid),
         test_boundary_distance=test_dist,
+        test_angles=test_angles,
     )
 
 

@@ -152,9 +152,15 @@ def isometry_report(
     run_dir: Path,
     layers: Sequence[int] | None = None,
     max_per_class: int | None = 200,
+    extras: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Measure ``model`` on ``data.test``, write ``isometry.csv`` (and data-specific extras such as the
-    torus' near/far plot), and return the summary that goes into ``metrics.json``."""
+    """Measure ``model`` on ``data.test``, write ``isometry.csv`` and return the summary that goes into
+    ``metrics.json``.
+
+    ``extras``: name -> ``f(model, data, run_dir, layers, max_per_class) -> (rows, summary)``, more
+    rows for the same table and a summary under ``name`` (the caller picks them for its data, e.g.
+    ``isometry_regions.region_extras``; this module stays free of data-specific code).
+    """
     from isorobust import io
 
     test = data.test
@@ -178,13 +184,10 @@ def isometry_report(
         table = pd.concat(per_level, ignore_index=True)
         tables.append(table)
         summary["levels"] = summarise(table)
-    boundary = getattr(data, "test_boundary_distance", None)
-    if boundary is not None:
-        from isorobust.evaluation.isometry_regions import boundary_report
-
-        near_far, figures = boundary_report(model, test, boundary, layers, max_per_class, run_dir)
-        tables.append(near_far)
-        summary["near_far"] = figures
+    for name, extra in (extras or {}).items():  # data-specific tables, e.g. the torus' near/far rows
+        table_rows, figures = extra(model, data, run_dir, layers, max_per_class)
+        tables.append(table_rows)
+        summary[name] = figures
     io.write_csv(run_dir / "isometry.csv", pd.concat(tables, ignore_index=True))
     return summary
 

@@ -11,11 +11,7 @@ level never moves the representation an earlier level relies on.
 from __future__ import annotations
 
 import logging
-import math
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +23,7 @@ from isorobust.errors import ConfigError
 from isorobust.hierarchy import Hierarchy
 from isorobust.losses import isometric_loss
 from isorobust.models.hierarchical import HierarchicalMLP
-from isorobust.training.standard import Regularizer, StandardTrainer, check_finite
+from isorobust.training.standard import Regularizer, StandardTrainer
 
 log = logging.getLogger(__name__)
 
@@ -70,69 +66,45 @@ def level_accuracies(model: HierarchicalMLP, hierarchy: Hierarchy, x: Tensor, y:
 
 @dataclass
 class HierarchicalTrainer(StandardTrainer):
-    """Adam on Σ_b L_b with restricted back-propagation; epochs, batches, checkpoints as StandardTrainer."""
+    """Adam on Σ_b L_b with restricted back-propagation; the epoch loop (batches, checkpoints,
+    ``eval_every``) is StandardTrainer's, the step's loss and the epoch's record are its own."""
 
     name: str = "hierarchical"
 
-    def fit(
-        self,
-        model: HierarchicalMLP,
-        data: ImageDataset,
-        regularizers: Sequence[Regularizer] | None,
-        seed: int,
-        run_dir: Path,
-        **_: Any,
-    ) -> list[dict[str, Any]]:
-        hierarchy = Hierarchy(model.levels, model.num_classes)
-        regularizers = list(regularizers or [])
+    def prepare(self, model: HierarchicalMLP, regularizers: list[Regularizer], *_: Any) -> None:
         other = [r.name for r in regularizers if r.name != "isometric"]
         if other:
             raise ConfigError(f"trainer=hierarchical trains with reg=isometric only (got {', '.join(other)})")
         regularizer = regularizers[0] if regularizers else None
-        weight = regularizer.weight if regularizer is not None else 0.0
-        scale = getattr(regularizer, "scale") if regularizer is not None else None
-        train = data.train
-        optimizer, shuffle, start_epoch, ckpt_path = self._begin(model, seed, run_dir)
-        n_batches = math.ceil(len(train) / self.batch_size)
-        for epoch in range(start_epoch, self.epochs):
-            model.train()
-            t0 = time.perf_counter()
-            ce_sums, iso_sums = [0.0] * hierarchy.depth, [0.0] * hierarchy.depth
-            for b, idx in self._batches(len(train), shuffle, train.x.device, epoch):
-                batch = train.take(idx)
-                x, y = batch.x, batch.y
-                losses = level_losses(model, hierarchy, x, y, scale)
-                loss = total_loss(losses, weight)
-                check_finite(loss.item(), epoch, b, n_batches)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                for level, (ce, iso) in enumerate(losses):
-                    ce_sums[level] += ce.item()
-                    iso_sums[level] += iso.item() if iso is not None else 0.0
-            accuracies = level_accuracies(model, hierarchy, data.test.x, data.test.y, 1000)
-            levels = [{
-                "level": level,
-                "train_cross_entropy": ce_sums[level] / n_batches,
-                "train_isometric_loss": iso_sums[level] / n_batches if scale is not None else None,
-                "test_accuracy": accuracies[level],
-            } for level in range(hierarchy.depth)]
-            record = {
-                "epoch": epoch + 1,
-                # the finest level (the classes) in the standard keys, every level under "levels"
-                "train_cross_entropy": levels[-1]["train_cross_entropy"],
-                "train_isometric_loss": levels[-1]["train_isometric_loss"],
-                "test_accuracy": accuracies[-1],
-                "levels": levels,
-                "seconds": time.perf_counter() - t0,
-            }
-            self.history.append(record)
-            log.info("epoch %d/%d  " + "  ".join(f"L{l['level']} CE %.4f acc %.4f" for l in levels) + "  (%.1fs)",
-                     epoch + 1, self.epochs,
-                     *[v for l in levels for v in (l["train_cross_entropy"], l["test_accuracy"])], record["seconds"])
-            self._save_checkpoint(ckpt_path, epoch, model, optimizer, shuffle)
-        model.eval()
-        return self.history
+        self._weight = regularizer.weight if regularizer is not None else 0.0
+        self._scale = getattr(regularizer, "scale") if regularizer is not None else None
+        self._hierarchy = Hierarchy(model.levels, model.num_classes)
+
+    def step_loss(self, model: HierarchicalMLP, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        losses = level_losses(model, self._hierarchy, x, y, self._scale)
+        terms: dict[str, Tensor] = {}
+        for level, (ce, iso) in enumerate(losses):
+            terms[f"L{level}_cross_entropy"] = ce
+            if iso is not None:
+                terms[f"L{level}_isometric"] = iso
+        return total_loss(losses, self._weight), terms
+
+    def epoch_record(self, model: HierarchicalMLP, data: ImageDataset, means: dict[str, float]) -> dict[str, Any]:
+        hierarchy = self._hierarchy
+        accuracies = level_accuracies(model, hierarchy, data.test.x, data.test.y, 1000)
+        levels = [{
+            "level": level,
+            "train_cross_entropy": means[f"L{level}_cross_entropy"],
+            "train_isometric_loss": means.get(f"L{level}_isometric"),
+            "test_accuracy": accuracies[level],
+        } for level in range(hierarchy.depth)]
+        return {
+            # the finest level (the classes) in the standard keys, every level under "levels"
+            "train_cross_entropy": levels[-1]["train_cross_entropy"],
+            "train_isometric_loss": levels[-1]["train_isometric_loss"],
+            "test_accuracy": accuracies[-1],
+            "levels": levels,
+        }
 
 
 __all__ = ["HierarchicalTrainer", "level_losses", "total_loss", "level_accuracies"]

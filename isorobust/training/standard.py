@@ -40,7 +40,10 @@ def isometric_monitor(regularizers: Sequence[Regularizer], scale: float = 10.0, 
     """K and layer of the run's isometric regularizer, if any: the held-out isometric loss uses them."""
     for r in regularizers:
         if r.name == "isometric":
-            return float(getattr(r, "scale")), int(getattr(r, "layer"))
+            wanted = getattr(r, "layer")
+            # several layers (a list, or "all"): the held-out loss follows the last of them
+            last = -1 if wanted == "all" else wanted if isinstance(wanted, int) else list(wanted)[-1]
+            return float(getattr(r, "scale")), int(last)
     return scale, layer
 
 
@@ -71,12 +74,16 @@ class StandardTrainer:
 
     Writes ``checkpoint.pt`` (model, optimizer, shuffling RNG, history) after every epoch, so
     ``resume=True`` continues an interrupted run to the same numbers as an uninterrupted one.
+    ``eval_every=N``: the test metrics, the log line, the history record and the checkpoint come every
+    N epochs and after the last one (full-batch runs of thousands of one-step epochs, e.g. the torus,
+    would otherwise spend more time on them than on training); resuming restarts from the last one.
     """
 
     epochs: int = 5
     batch_size: int = 100
     lr: float = 1e-3
     resume: bool = False
+    eval_every: int = 1
     name: str = "standard"
     progress: bool | None = None  # None: a bar on a terminal only
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -92,58 +99,78 @@ class StandardTrainer:
         monitor_scale: float = 10.0,
         monitor_layer: int = -1,
     ) -> list[dict[str, Any]]:
-        regularizers = list(regularizers or [])
-        input_grad = any(r.needs_input_grad for r in regularizers)
-        monitor_scale, monitor_layer = isometric_monitor(regularizers, monitor_scale, monitor_layer)
+        """Train ``model`` in place; returns the history (one record per evaluated epoch).
+
+        The one epoch loop of every trainer: ``step_loss`` (what a step minimises) and
+        ``epoch_record`` (what an evaluated epoch reports) are the parts a subclass replaces.
+        """
+        self.prepare(model, list(regularizers or []), monitor_scale, monitor_layer)
         train = data.train
         optimizer, shuffle, start_epoch, ckpt_path = self._begin(model, seed, run_dir)
         n_batches = math.ceil(len(train) / self.batch_size)
+        every = max(1, int(self.eval_every))
+        t0 = time.perf_counter()
         for epoch in range(start_epoch, self.epochs):
             model.train()
-            t0 = time.perf_counter()
-            ce_sum, reg_sums = 0.0, {r.name: 0.0 for r in regularizers}
+            sums: dict[str, float] = {}
             bar = self._batches(len(train), shuffle, train.x.device, epoch)
             for b, idx in bar:
                 self.position = epoch + b / n_batches  # epochs done so far (schedules read it)
                 batch = train.take(idx)
-                x, y = self.training_inputs(model, batch.x, batch.y), batch.y
-                if input_grad:
-                    x = x.detach().requires_grad_(True)
-                logits, features = model.forward_features(x)
-                ce = F.cross_entropy(logits, y)
-                loss = ce
-                for r in regularizers:
-                    term = r(x, logits, features, y)
-                    loss = loss + r.weight * term
-                    reg_sums[r.name] += term.item()
+                loss, terms = self.step_loss(model, batch.x, batch.y)
                 check_finite(loss.item(), epoch, b, n_batches)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                ce_sum += ce.item()
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + value.item()
                 if b % 50 == 0:
-                    bar.set_postfix(ce=f"{ce_sum / (b + 1):.3f}", **{n: f"{v / (b + 1):.3f}" for n, v in reg_sums.items()})
-            test = clean_metrics(model, data.test, self.batch_size, monitor_scale, monitor_layer)
-            record = {
-                "epoch": epoch + 1,
-                "train_cross_entropy": ce_sum / n_batches,
-                "train_isometric_loss": None,  # kept when the run has no isometric term
-                **{f"train_{name}_loss": total / n_batches for name, total in reg_sums.items()},
-                "test_accuracy": test["accuracy"],
-                "test_cross_entropy": test["cross_entropy"],
-                "test_isometric_loss": test["isometric_loss"],
-                "seconds": time.perf_counter() - t0,
-            }
+                    bar.set_postfix(**{n: f"{v / (b + 1):.3f}" for n, v in sums.items()})
+            if (epoch + 1) % every and epoch + 1 < self.epochs:
+                continue  # train_* of a record: its own epoch; seconds: since the previous record
+            means = {name: total / n_batches for name, total in sums.items()}
+            record = {"epoch": epoch + 1, **self.epoch_record(model, data, means),
+                      "seconds": time.perf_counter() - t0}
             self.history.append(record)
-            log.info(
-                "epoch %d/%d  train CE %.4f  %s  test acc %.4f  (%.1fs)",
-                epoch + 1, self.epochs, record["train_cross_entropy"],
-                "  ".join(f"{n} {v / n_batches:.4f}" for n, v in reg_sums.items()) or "no regularizer",
-                record["test_accuracy"], record["seconds"],
-            )
+            log.info("epoch %d/%d  %s  (%.1fs)", epoch + 1, self.epochs,
+                     "  ".join(f"{n} {v:.4f}" for n, v in means.items()) + f"  test acc {record['test_accuracy']:.4f}",
+                     record["seconds"])
             self._save_checkpoint(ckpt_path, epoch, model, optimizer, shuffle)
+            t0 = time.perf_counter()
         model.eval()
         return self.history
+
+    def prepare(self, model: MLP, regularizers: list[Regularizer], monitor_scale: float, monitor_layer: int) -> None:
+        """Per-fit settings the steps and records read."""
+        self._regularizers = regularizers
+        self._input_grad = any(r.needs_input_grad for r in regularizers)
+        self._monitor = isometric_monitor(regularizers, monitor_scale, monitor_layer)
+
+    def step_loss(self, model: MLP, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of one minibatch, and its named terms (unweighted) for the epoch's averages."""
+        x = self.training_inputs(model, x, y)
+        if self._input_grad:
+            x = x.detach().requires_grad_(True)
+        logits, features = model.forward_features(x)
+        ce = F.cross_entropy(logits, y)
+        loss, terms = ce, {"cross_entropy": ce}
+        for r in self._regularizers:
+            term = r(x, logits, features, y)
+            loss = loss + r.weight * term
+            terms[r.name] = term
+        return loss, terms
+
+    def epoch_record(self, model: MLP, data: ImageDataset, means: dict[str, float]) -> dict[str, Any]:
+        """The history record of an evaluated epoch (``epoch`` and ``seconds`` are added by ``fit``)."""
+        test = clean_metrics(model, data.test, self.batch_size, *self._monitor)
+        return {
+            "train_cross_entropy": means["cross_entropy"],
+            "train_isometric_loss": None,  # kept when the run has no isometric term
+            **{f"train_{r.name}_loss": means[r.name] for r in self._regularizers},
+            "test_accuracy": test["accuracy"],
+            "test_cross_entropy": test["cross_entropy"],
+            "test_isometric_loss": test["isometric_loss"],
+        }
 
     def training_inputs(self, model: torch.nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """The inputs a step trains on: the clean batch here; adversarial examples in AdversarialTrainer."""
