@@ -26,6 +26,7 @@ commands:
   check     gradient-masking sanity checks of a saved run: isorobust check run=<run dir>
   report    aggregate the runs below a folder: isorobust report outputs/multirun/<date>/<time>
             or several sweeps into one study: isorobust report SWEEP1 SWEEP2 --out docs/results/mnist.md
+            or a sensitivity study: isorobust report --sensitivity REFERENCE Q1 Q2 ... --out FILE.md
 
 train and attack take Hydra overrides and --help, --cfg job, -m (multirun), hydra.run.dir=...
 """
@@ -111,15 +112,27 @@ def report(args: list[str]) -> None:
     parser.add_argument("dirs", type=Path, nargs="+", metavar="DIR",
                         help="a sweep directory, or any folder holding run directories")
     parser.add_argument("--out", type=Path, metavar="FILE.md", help="write a study report over all DIRs here")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="with --out: a sensitivity report; the first DIR is the reference sweep (β=0), "
+                             "every other DIR one question, compared with β=0 at matched settings")
     parser.error = fail  # type: ignore[method-assign]  # one line, like every other error
     options = parser.parse_args(args)
     from isorobust.sweeps.report import write_report
     from isorobust.sweeps.study import write_study
 
+    if options.sensitivity and options.out is None:
+        fail("--sensitivity needs --out FILE.md")
     if options.out is None and len(options.dirs) > 1:
         fail("several directories need --out FILE.md (one study report over all of them)")
     try:
-        result = write_report(options.dirs[0]) if options.out is None else write_study(options.dirs, options.out)
+        if options.out is None:
+            result = write_report(options.dirs[0])
+        elif options.sensitivity:
+            from isorobust.sweeps.sensitivity import write_sensitivity
+
+            result = write_sensitivity(options.dirs, options.out)
+        else:
+            result = write_study(options.dirs, options.out)
     except IsorobustError as exc:
         fail(str(exc))
     print(result.markdown, end="", flush=True)

@@ -38,9 +38,16 @@ RESULT_FILES = ("metrics.json", "robustness.csv", "robustness.md", "isometry.csv
 
 
 def build_attacks(attack_cfg: Mapping[str, Any]) -> dict[str, Attack]:
-    if not attack_cfg:
+    """The attacks of ``attack``; an entry set to null is dropped (an experiment's way to remove an
+    attack its parent selected)."""
+    chosen = {name: c for name, c in (attack_cfg or {}).items() if c is not None}
+    if not chosen:
         raise ConfigError("no attack selected (use attack=fgsm, attack=pgd or attack=[fgsm,pgd])")
-    return {name: instantiate(c, name=name) for name, c in attack_cfg.items()}
+    bare = [name for name, c in chosen.items() if not isinstance(c, Mapping) or "_target_" not in c]
+    if bare:
+        raise ConfigError(f"attack.{bare[0]} has settings but no attack: add it to the list, e.g. "
+                          f"attack=[fgsm,pgd,{bare[0]}], or set attack.{bare[0]}=null")
+    return {name: instantiate(c, name=name) for name, c in chosen.items()}
 
 
 def regularizer_configs(reg_cfg: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -42,12 +44,32 @@ def sweep_command(sweep_dir: Path) -> str:
     return "isorobust train -m " + " ".join(shlex.quote(str(o)) for o in [*(overrides.get("task") or []), *hydra])
 
 
+_LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[,.](\d{3})\]")
+
+
+def log_span(run_dir: Path) -> tuple[float, float] | None:
+    """(first, last) timestamp of a run's Hydra job log (``<job name>.log``, e.g. train.log), in
+    seconds; None where there is no log with timestamps."""
+    for log in sorted(run_dir.glob("*.log")):
+        stamps = []
+        for line in log.read_text(errors="replace").splitlines():
+            if (m := _LOG_TIME.match(line)) is not None:
+                stamps.append(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp() + int(m.group(2)) / 1000)
+        if stamps:
+            return min(stamps), max(stamps)
+    return None
+
+
 def sweep_facts(runs: list[RunDir]) -> dict[str, object]:
     """Machine, torch, number of runs and wall time (first job's start to the last metrics.json)."""
     complete = [r.path for r in runs if r.complete]
     metrics = [json.loads((p / "metrics.json").read_text()) for p in complete]
-    starts = [(p / ".hydra" / "config.yaml").stat().st_mtime for p in complete if (p / ".hydra" / "config.yaml").exists()]
-    ends = [(p / "metrics.json").stat().st_mtime for p in complete]
+    spans = [span for p in complete if (span := log_span(p)) is not None]
+    if len(spans) == len(complete):  # the jobs' own log timestamps survive copies and clones
+        starts, ends = [s for s, _ in spans], [e for _, e in spans]
+    else:  # file times: right in the sweep directory itself, not in a copy of it
+        starts = [(p / ".hydra" / "config.yaml").stat().st_mtime for p in complete if (p / ".hydra" / "config.yaml").exists()]
+        ends = [(p / "metrics.json").stat().st_mtime for p in complete]
     env = metrics[0].get("environment", {}) if metrics else {}
     return {
         "runs": len(complete),
@@ -229,10 +251,9 @@ def isometry_sentence(isometry: pd.DataFrame | None, labels: dict[tuple, str]) -
             f"test split): {'; '.join(cells)}."] if cells else []
 
 
-def write_study(sweeps: list[str | Path], out: str | Path) -> Report:
-    """Aggregate several sweep directories into one markdown report ``out`` plus figures beside it."""
+def load_sweeps(sweeps: list[str | Path], out: Path) -> tuple[list[Path], list[list[RunDir]], Path, pd.DataFrame]:
+    """The sweep directories, their runs, their common root and one summary frame with a SWEEP column."""
     dirs = [Path(d) for d in sweeps]
-    out = Path(out)
     if out.suffix != ".md":
         raise IsorobustError(f"--out must name a .md file (got {out})")
     per_sweep = []
@@ -248,6 +269,14 @@ def write_study(sweeps: list[str | Path], out: str | Path) -> Report:
     summary = summary_frame(runs, root)
     run_sweep = {r.path.relative_to(root).as_posix(): i for i, group in enumerate(per_sweep) for r in group}
     summary.insert(1, SWEEP, summary["run"].map(run_sweep))
+    return dirs, per_sweep, root, summary
+
+
+def write_study(sweeps: list[str | Path], out: str | Path) -> Report:
+    """Aggregate several sweep directories into one markdown report ``out`` plus figures beside it."""
+    out = Path(out)
+    dirs, per_sweep, root, summary = load_sweeps(sweeps, out)
+    runs = [r for group in per_sweep for r in group]
     reference = (summary[SWEEP] == 0) & (summary["reg_weight"] == 0)
     per_run_isometry = isometry_frame(summary, root)
     isometry = aggregate_isometry(per_run_isometry) if not per_run_isometry.empty else None
@@ -297,4 +326,4 @@ def write_study(sweeps: list[str | Path], out: str | Path) -> Report:
     return Report(root, runs, "\n".join(lines) + "\n", files)
 
 
-__all__ = ["write_study", "sweep_command", "headline"]
+__all__ = ["write_study", "load_sweeps", "log_span", "sweep_command", "sweep_facts", "headline"]
