@@ -85,6 +85,10 @@ def test_each_question_is_compared_with_beta_zero_at_matched_settings(sweeps):
     for name in ("sensitivity_scale", "sensitivity_epochs"):
         assert (out.parent / f"sensitivity_{name}.png").stat().st_size > 0
     assert "isorobust train -m experiment=sensitivity_scale" in text
+    # what was attacked, from the rows: the trimmed AutoAttack says so
+    assert "Attacks: apgd on 100 test images at ε ∈ {0.1}; autoattack on 50 test images at ε ∈ {0.1}." in text
+    # all sweeps: from the first job's start (09:00:00) to the last job's end (job 5: 09:08:30.5)
+    assert "last job's end: 8.5 min" in text
 
 
 def test_a_reference_trained_differently_is_refused(tmp_path):
