@@ -77,6 +77,7 @@ def test_each_question_is_compared_with_beta_zero_at_matched_settings(sweeps):
     # 20 epochs: compared with its own β = 0 (−10 points, every seed), not with the reference (+20)
     assert "0 of 1" in line["sensitivity_epochs"] and "1 below" in line["sensitivity_epochs"]
     assert "-10.0 [" in line["sensitivity_epochs"]
+    assert "above β = 0 beyond seed noise:** `sensitivity_scale` β=1, K=1 at ε=0.1." in text
     section = text.split("## `sensitivity_epochs`")[1]
     assert "Compared with its own β = 0 runs" in section
     assert "Compared with the reference sweep's β = 0 runs" in text.split("## `sensitivity_scale`")[1].split("## `")[0]
