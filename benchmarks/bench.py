@@ -3,6 +3,7 @@
     python benchmarks/bench.py                 # everything (about 6 minutes on 2 cores)
     python benchmarks/bench.py --quick         # small sizes, for a smoke run
     python benchmarks/bench.py --skip-e2e      # without the full `isorobust train` run
+    python benchmarks/bench.py --only-certify --output benchmarks/RESULTS_certify.md   # IBP and CROWN rows
 
 Every figure is a ratio of two things measured in the same process, interleaved in rounds
 (A B A B ...), so that load from elsewhere hits both sides alike; the median round counts.
@@ -280,6 +281,46 @@ def trained_reference(data) -> torch.nn.Module:
     return model.eval()
 
 
+def crown_macs_per_sample(model: torch.nn.Module) -> int:
+    """Multiply-adds of full CROWN per sample and radius on a stack of linear layers: for every hidden
+    pre-activation (2 × its width rows: lower and upper bound) and for the margins (classes − 1 rows),
+    one product with every weight matrix below it, the first included (the input-wide one)."""
+    weights = [m.weight.shape for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    total = 0
+    for k in range(1, len(weights)):
+        rows = weights[-1][0] - 1 if k == len(weights) - 1 else 2 * weights[k][0]
+        total += rows * sum(out * inp for out, inp in weights[:k])
+    return total
+
+
+def bench_certify(data, n: int, eps: float = 0.01) -> list[tuple[str, str]]:
+    """Certified accuracy of ``n`` test images at one ε by IBP and by CROWN (the one-epoch reference MLP,
+    the default ``model=mlp``), CROWN next to its arithmetic limit at the machine's matmul rate."""
+    from isorobust.evaluation.certify import Certifier
+
+    model = trained_reference(data)
+    x, y = data.test.x[:n], data.test.y[:n]
+    load_before = os.getloadavg()[0]
+    macs, rate = crown_macs_per_sample(model), matmul_macs_per_second()
+    rows = [("machine's fp32 matmul rate (1024³, torch threads)", f"{rate / 1e9:.1f} GMAC/s"),
+            ("full CROWN per image and radius (784→100, 4×100 tanh, 10)",
+             f"{macs / 1e6:.1f} M multiply-adds → arithmetic limit {n * macs / rate:.1f} s per radius for {n} images")]
+    for method, batch in (("ibp", 1000), ("crown", 50)):
+        certifier = Certifier(method=method, epsilons=[eps], batch_size=batch, radius_bisection_steps=0)
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = certifier.run(model, x, y)
+        sec, cpu = time.perf_counter() - t0, time.process_time() - c0
+        text = (f"{sec:.2f} s wall ({cpu:.2f} s CPU), {1e3 * sec / n:.2f} ms per image; certified "
+                f"{100 * result.certified_accuracy()[0]:.2f} % (clean {100 * result.clean_accuracy:.2f} %)")
+        if method == "crown":
+            text += f"; {n * macs / rate / sec:.0%} of the arithmetic limit; × 5 radii ≈ {5 * sec:.0f} s"
+        rows.append((f"{method.upper()}, {n} images × ε={eps:g} (batch {batch})", text))
+    # Other work on the machine slows the wall time, not the CPU time (much): say how loaded it was.
+    rows.append(("load average (1 min) before / after", f"{load_before:.1f} / {os.getloadavg()[0]:.1f} "
+                 f"on {os.cpu_count()} cores"))
+    return rows
+
+
 def bench_end_to_end(extra: list[str]) -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "isorobust", "train", "+reg=isometric", f"hydra.run.dir={tmp}/run", *extra]
@@ -306,6 +347,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not for the record)")
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--only-attacks", action="store_true", help="only the full-strength attack rows")
+    ap.add_argument("--only-certify", action="store_true", help="only the certified-bound rows (IBP and CROWN)")
+    ap.add_argument("--n-certify", type=int, default=None, help="images to certify (default 10000)")
     ap.add_argument("--n-strong", type=int, default=None, help="images for the PGD/apgd sweeps (default 1000)")
     ap.add_argument("--n-autoattack", type=int, default=None, help="images for AutoAttack (default 1000)")
     ap.add_argument("--n-compare", type=int, default=None, help="images for AutoAttack before/after (default 300)")
@@ -315,6 +358,9 @@ def main() -> None:
     data_root = os.environ.get("ISOROBUST_DATA", "data")
     data = load_mnist(root=data_root, download=False)
     rounds, steps, n_attack = (4, 10, 200) if args.quick else (80, 20, 10000)
+    n_certify = args.n_certify or (500 if args.quick else 10000)
+    if args.only_certify:  # the certified-bound rows alone
+        args.only_attacks = args.skip_e2e = True
     sections = [] if args.only_attacks else [
         ("Training throughput (reference MLP, batch 100, 1 step = forward + backward + Adam)",
          bench_training(data.train.x, data.train.y, rounds, steps))]
@@ -323,11 +369,15 @@ def main() -> None:
                          "random start, the same budget on both sides)", bench_attack(data, n_attack)))
     n_strong, n_aa = (200, 100) if args.quick else (1000, 1000)
     n_strong, n_aa = args.n_strong or n_strong, args.n_autoattack or n_aa
-    sections.append((f"Full-strength attacks on {n_strong} test images (AutoAttack on {n_aa}), one-epoch reference MLP",
-                     bench_attack_strength(data, n_strong, n_aa)))
-    n_compare = args.n_compare or (100 if args.quick else 300)
-    sections.append((f"AutoAttack before and after (same one-epoch MLP, first {n_compare} test images)",
-                     bench_autoattack_before_after(data, n_compare)))
+    if not args.only_certify:
+        sections.append((f"Full-strength attacks on {n_strong} test images (AutoAttack on {n_aa}), one-epoch reference MLP",
+                         bench_attack_strength(data, n_strong, n_aa)))
+        n_compare = args.n_compare or (100 if args.quick else 300)
+        sections.append((f"AutoAttack before and after (same one-epoch MLP, first {n_compare} test images)",
+                         bench_autoattack_before_after(data, n_compare)))
+    if not args.only_attacks or args.only_certify:
+        sections.append((f"Certified bounds on {n_certify} test images at one radius, one-epoch reference MLP",
+                         bench_certify(data, n_certify)))
     if not args.skip_e2e and not args.only_attacks:
         extra = ["dataset.train_size=2000", "dataset.test_size=500", "trainer.epochs=1"] if args.quick else []
         sections.append(("End to end: default run with the regularizer", bench_end_to_end(extra)))
@@ -345,7 +395,7 @@ def main() -> None:
     for title, rows in sections:
         lines += ["", f"## {title}", "", "| what | result |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in rows]
-    lines += [
+    lines += [] if args.only_certify else [
         "",
         "Notes: the isorobust PGD sweep attacks, at each ε, only the samples still robust at the previous ε "
         "(a success inside a smaller ball is a success inside every larger one), so it is at least as strong "

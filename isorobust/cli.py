@@ -16,7 +16,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # An editable install / source checkout reads ./configs; a wheel carries them inside the package.
 _SOURCE_CONFIGS = PACKAGE_DIR.parent / "configs"
 CONFIG_DIR = _SOURCE_CONFIGS if _SOURCE_CONFIGS.is_dir() else PACKAGE_DIR / "configs"
-GROUPS = ("dataset", "model", "trainer", "reg", "attack", "hierarchy", "experiment", "baseline")
+GROUPS = ("dataset", "model", "trainer", "reg", "attack", "hierarchy", "experiment", "baseline", "logger", "certify")
 
 USAGE = """usage: isorobust <command> [overrides...]
 
@@ -57,6 +57,27 @@ def check_group_overrides(args: list[str]) -> None:
                 fail(f"unknown {group} {name!r} (choose from: {', '.join(known)})")
 
 
+OPTUNA = "hydra/sweeper=optuna"
+
+
+def optuna_arguments(args: list[str]) -> list[str]:
+    """``hydra/sweeper=optuna``: the plugin must be installed (else one line with the pip command), and the
+    study maximises, since the objective is a robust accuracy: ``hydra.sweeper.direction=maximize`` is
+    added unless the command line sets a direction (the plugin's own default is minimize)."""
+    if OPTUNA not in args:
+        return args
+    try:
+        import optuna  # noqa: F401
+        from hydra_plugins.hydra_optuna_sweeper import optuna_sweeper  # noqa: F401
+    except ImportError:
+        from isorobust.tracking import install_command
+
+        fail(f"{OPTUNA} needs the Optuna sweeper, which is not installed: {install_command('optuna')}")
+    if any(a.startswith("hydra.sweeper.direction=") for a in args):
+        return args
+    return [*args, "hydra.sweeper.direction=maximize"]
+
+
 def find_user_error(exc: BaseException | None) -> IsorobustError | None:
     """The IsorobustError behind ``exc`` (hydra.utils.instantiate wraps what a target raises)."""
     seen = set()
@@ -92,7 +113,17 @@ def pipeline_job(name: str) -> Callable[[Any, Path], Any]:
     def job(cfg: Any, out_dir: Path) -> Any:
         from isorobust import pipeline  # imported here: torch costs seconds, --help should not
 
-        return getattr(pipeline, name)(cfg, out_dir)
+        if name != "train":
+            return getattr(pipeline, name)(cfg, out_dir)
+        from isorobust.sweeps import objective
+
+        # An optimizing sweeper (hydra/sweeper=optuna) reads the job's return value: the objective,
+        # checked before training. Every other run returns its metrics, as before.
+        if not objective.optimizing_sweep():
+            return pipeline.train(cfg, out_dir)
+        objective.check_objective(cfg)
+        pipeline.train(cfg, out_dir)
+        return objective.job_objective(cfg, out_dir)
 
     return job
 
@@ -158,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
 
     register_resolvers()
     check_group_overrides(rest)
+    rest = optuna_arguments(rest)
     signal.signal(signal.SIGTERM, _terminate)
     sys.argv = [f"isorobust-{command}", *rest]
     try:

@@ -50,6 +50,11 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("eval.n_samples", lambda v: isinstance(v, int) and v >= 1, "null or an integer >= 1"),
     ("eval.batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("seed", lambda v: isinstance(v, int), "an integer"),
+    ("certify.method", lambda v: v in ("ibp", "crown"), "ibp or crown"),
+    ("certify.n_samples", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "null or an integer >= 1"),
+    ("certify.batch_size", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    ("certify.radius_bisection_steps", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+     "an integer >= 0"),
 ]
 
 
@@ -86,6 +91,14 @@ def validate(cfg: DictConfig, required: tuple[str, ...] = ()) -> None:
         bad = [e for e in epsilons if not _is_number(e) or not 0 <= e <= 1]
         if bad:
             problems.append(f"eval.epsilons must lie in [0, 1] for inputs in [0, 1] (got {', '.join(map(str, bad))})")
+    certify_epsilons = _get(cfg, "certify.epsilons")
+    if certify_epsilons is not None:
+        if not isinstance(certify_epsilons, Sequence) or isinstance(certify_epsilons, str):
+            certify_epsilons = [certify_epsilons]  # a single value: judged as a one-element list
+        bad = [e for e in certify_epsilons if not _is_number(e) or not 0 <= e <= 1]
+        if bad or not list(certify_epsilons):
+            problems.append(f"certify.epsilons must be non-empty and in [0, 1] for inputs in [0, 1] "
+                            f"(got {', '.join(map(str, bad)) or 'none'})")
     for name, attack in (_get(cfg, "attack") or {}).items():
         if not isinstance(attack, DictConfig):
             continue

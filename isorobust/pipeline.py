@@ -19,6 +19,7 @@ from isorobust.config import regularizer_terms, resolve_device, sorted_epsilons,
 from isorobust.errors import ConfigError, IsorobustError
 from isorobust.evaluation.apgd import APGD
 from isorobust.evaluation.attacks import FGSM, Attack, LinfPGD
+from isorobust.evaluation.certify import CERTIFIED, Certifier, CertifyResult
 from isorobust.evaluation.checks import attack_checks, checks_frame, summary_text, table_checks, train_surrogate
 from isorobust.evaluation.clean import clean_metrics
 from isorobust.evaluation.isometry import isometry_options, isometry_report
@@ -29,12 +30,13 @@ from isorobust.hierarchy.evaluation import (
 )
 from isorobust.sweeps.resume import completed_metrics, run_record
 from isorobust.sweeps.threads import apply_threads
+from isorobust.tracking import log_finished_run, open_tracker
 from isorobust.training.standard import isometric_monitor
 
 log = logging.getLogger(__name__)
 
 RESULT_FILES = ("metrics.json", "robustness.csv", "robustness.md", "isometry.csv", "isometry_boundary.png",
-                "isometry_torus.csv", "isometry_torus.png", "checks.csv")
+                "isometry_torus.csv", "isometry_torus.png", "checks.csv", "certified.csv")
 
 
 def build_attacks(attack_cfg: Mapping[str, Any]) -> dict[str, Attack]:
@@ -48,6 +50,11 @@ def build_attacks(attack_cfg: Mapping[str, Any]) -> dict[str, Attack]:
         raise ConfigError(f"attack.{bare[0]} has settings but no attack: add it to the list, e.g. "
                           f"attack=[fgsm,pgd,{bare[0]}], or set attack.{bare[0]}=null")
     return {name: instantiate(c, name=name) for name, c in chosen.items()}
+
+
+def build_certifier(certify_cfg: Mapping[str, Any] | None) -> Certifier | None:
+    """The ``certify`` group (off unless asked: ``certify=crown`` or ``certify=ibp``)."""
+    return instantiate(certify_cfg) if certify_cfg else None
 
 
 def regularizer_configs(reg_cfg: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
@@ -80,19 +87,43 @@ def run_meta(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def write_tables(run_dir: Path, table: pd.DataFrame, attacks: Mapping[str, Attack]) -> str:
-    markdown = markdown_by_level(table, attacks)  # one table per level for hierarchical models
+def write_tables(run_dir: Path, table: pd.DataFrame, attacks: Mapping[str, Attack],
+                 certified: tuple[CertifyResult, pd.DataFrame] | None = None) -> str:
+    """robustness.csv/.md; with a certification, its rows become robustness.md's ``certified`` column
+    (robustness.csv keeps attack rows only) and its table certified.csv."""
+    shown = table
+    if certified is not None:
+        result, frame = certified
+        rows = frame.rename(columns={"method": "attack", "certified_accuracy": "robust_accuracy"})
+        rows = rows.assign(attack=CERTIFIED, norm="linf")
+        if "level" in table.columns:  # hierarchical: the certified classifier is the finest level's
+            rows["level"] = table["level"].max()
+        shown = pd.concat([table, rows[[c for c in rows.columns if c in table.columns]]], ignore_index=True)
+        io.write_csv(run_dir / "certified.csv", frame)
+    markdown = markdown_by_level(shown, attacks)  # one table per level for hierarchical models
+    if certified is not None:
+        markdown += certified[0].note() + "\n"
     io.write_csv(run_dir / "robustness.csv", table)
     io.write_text(run_dir / "robustness.md", markdown)
     return markdown
+
+
+def certify(certifier: Certifier, model: Any, test: Any, meta: Mapping[str, Any]) -> tuple[CertifyResult, pd.DataFrame]:
+    """Certified accuracy of ``model`` on the test split (``certify`` group) and certified.csv's rows."""
+    result = certifier.run(model, test.x, test.y)
+    log.info("certified (%s): %s; median radius %s", result.method,
+             " ".join(f"{a:.4f}" for a in result.certified_accuracy()), result.median_radius)
+    return result, result.table(dict(meta))
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """The ``isorobust train`` job: returns the metrics it writes to ``metrics.json``."""
     validate(cfg)
     check_hierarchy_config(cfg)
+    tracker = open_tracker(cfg)  # logger=...: a missing package or an unusable store stops here, before training
     if cfg.get("resume") and (done := completed_metrics(cfg, run_dir)) is not None:
         print((run_dir / "robustness.md").read_text(), flush=True)
+        log_finished_run(tracker, run_dir)  # not yet logged (or a failed attempt): logged now
         return done
     apply_threads(cfg.get("threads"))
     t_start = time.perf_counter()
@@ -113,6 +144,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 raise ConfigError(f"the {r.name} regularizer's layer {exc}") from None
     iso_layers, iso_max_per_class = isometry_options(cfg.eval, model.num_hidden)
     attacks = build_attacks(cfg.attack)
+    certifier = build_certifier(cfg.get("certify"))
+    if certifier is not None:
+        certifier.layers(model)  # a model it cannot bound stops here, before training
     epsilons = sorted_epsilons(cfg.eval.epsilons)
     trainer = instantiate(cfg.trainer)
     log.info("data %s: %d train / %d test on %s", data.name, len(data.train), len(data.test), device)
@@ -138,7 +172,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         model, data.test, attacks, epsilons, cfg.eval.n_samples, cfg.eval.batch_size, cfg.seed, run_meta(cfg)
     )
     attack_s = time.perf_counter() - t0
-    markdown = write_tables(run_dir, table, attacks)
+    certified = certify(certifier, model, data.test, run_meta(cfg)) if certifier is not None else None
+    markdown = write_tables(run_dir, table, attacks, certified)
     t0 = time.perf_counter()
     checks = sanity_checks(cfg, model, data, table, attacks, run_dir)
     checks_s = time.perf_counter() - t0
@@ -160,8 +195,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "isometry": isometry,
         "checks": checks,
         **hierarchy_metrics(model, data.test, cfg.eval.batch_size),  # empty unless hierarchical
+        **({"certify": certified[0].summary()} if certified else {}),  # the median radius lives here
         "seconds": {
             "train": train_s, "evaluate": eval_s, "attack": attack_s, "checks": checks_s,
+            **({"certify": certified[0].seconds} if certified else {}),
             "total": time.perf_counter() - t_start,
         },
         "environment": environment(device),
@@ -170,6 +207,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # Written last: a run directory with metrics.json is a complete run.
     io.write_json(run_dir / "metrics.json", metrics)
     print(markdown + "\n" + checks["summary"], flush=True)
+    log_finished_run(tracker, run_dir)  # from the files just written; a failure only warns
     return metrics
 
 
@@ -242,9 +280,14 @@ def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     if cfg.get("attack"):
         merged.attack = cfg.attack
     merged.device = cfg.device
+    # Certification only when this command asks for it (certify=crown): it does not come from the run.
+    merged.certify = cfg.get("certify")
     validate(merged)
     device = resolve_device(merged.device)
     attacks = build_attacks(merged.attack)
+    certifier = build_certifier(merged.certify)
+    if certifier is not None:
+        certifier.layers(model)
     data = instantiate(merged.dataset).to(device)
     model = model.to(device)
 
@@ -253,12 +296,14 @@ def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
         model, data.test, attacks, sorted_epsilons(merged.eval.epsilons), merged.eval.n_samples,
         merged.eval.batch_size, merged.seed, run_meta(merged),
     )
-    markdown = write_tables(out_dir, table, attacks)
+    certified = certify(certifier, model, data.test, run_meta(merged)) if certifier is not None else None
+    markdown = write_tables(out_dir, table, attacks, certified)
     io.write_json(out_dir / "attack.json", {
         "run": str(run_dir.resolve()),
         "attacks": list(attacks),
         "epsilons": sorted_epsilons(merged.eval.epsilons),
         "seconds": time.perf_counter() - t0,
+        **({"certify": certified[0].summary()} if certified else {}),
         "environment": environment(device),
     })
     print(markdown, flush=True)

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,19 +16,44 @@ MISSING_MNIST = "real MNIST not found: set ISOROBUST_DATA to a folder with MNIST
 
 # Tests that need real MNIST: skipped without it, except under CI, where they fail (see the hook below).
 requires_mnist = pytest.mark.requires_mnist
+# Tests that need optional packages (the extras, which `make test` installs): requires_extras("mlflow").
+# Skipped where one is missing, except under CI, where they fail, like requires_mnist.
+requires_extras = pytest.mark.requires_extras
+EXTRAS_INSTALL = "`make setup` installs the extras mlflow, tensorboard and optuna (see Makefile)"
+
+
+def missing_modules(*modules: str) -> list[str]:
+    missing = []
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def _missing_extras(item) -> list[str]:
+    marker = item.get_closest_marker("requires_extras")
+    return missing_modules(*marker.args) if marker is not None else []
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "requires_mnist: needs real MNIST (ISOROBUST_DATA); skipped without it, "
                                        "failed without it under CI=true")
+    config.addinivalue_line("markers", "requires_extras(*modules): needs optional packages; skipped without "
+                                       "them, failed without them under CI=true")
 
 
 def pytest_collection_modifyitems(config, items):
-    if HAS_MNIST or IN_CI:
+    if IN_CI:
         return
     for item in items:
-        if item.get_closest_marker("requires_mnist") is not None:
+        if not HAS_MNIST and item.get_closest_marker("requires_mnist") is not None:
             item.add_marker(pytest.mark.skip(reason=MISSING_MNIST))
+        elif missing := _missing_extras(item):
+            item.add_marker(pytest.mark.skip(reason=f"{', '.join(missing)} not installed: {EXTRAS_INSTALL}"))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -35,6 +61,8 @@ def pytest_runtest_setup(item):
     # Under CI: fail before any fixture is set up (a module fixture may train on MNIST).
     if IN_CI and not HAS_MNIST and item.get_closest_marker("requires_mnist") is not None:
         pytest.fail(f"CI=true but {MISSING_MNIST}", pytrace=False)
+    if IN_CI and (missing := _missing_extras(item)):
+        pytest.fail(f"CI=true but {', '.join(missing)} not installed: {EXTRAS_INSTALL}", pytrace=False)
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -70,3 +98,16 @@ def fit_tiny_mlp(seed: int, x, y):
         F.cross_entropy(model(x), y).backward()
         opt.step()
     return model.eval()
+
+
+def run_cli_without(modules: list[str], *args: str, cwd: Path, env: dict | None = None,
+                    timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``isorobust`` with ``modules`` unimportable (as if their package were not installed)."""
+    code = ("import sys\n"
+            f"for name in {modules!r}:\n"
+            "    sys.modules[name] = None  # import raises ImportError, as for a package that is absent\n"
+            "from isorobust.cli import main\n"
+            f"main({list(args)!r})\n")
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)

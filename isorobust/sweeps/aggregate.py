@@ -24,10 +24,14 @@ NOT_A_SETTING = {
     "seed", "reg", "reg.weight", "reg.scale", "dataset", "model", "eval.n_samples", "eval.batch_size",
     "dataset.root", "dataset.download", "device", "threads", "resume", "trainer.resume",
 }
+# ... nor do whole nodes that say how a run is tracked (logger=mlflow) or ranked (objective.epsilon=0.2).
+NOT_A_SETTING_NODES = ("logger", "objective", "certify")
 SETTING = "setting"  # the remaining overrides of a run, e.g. "trainer.epochs=2"
 LEVEL = "level"  # hierarchical runs: the label level a row's read-out and labels belong to
 ISOMETRY_FIGURES = ("scale", "pearson", "spearman", "distortion")
 TEST_CLEAN = "test_clean_accuracy"  # metrics.json's clean accuracy on the whole test split
+CERTIFIED_FILE = "certified.csv"  # certify=crown|ibp: certified accuracy per ε, beside robustness.csv
+CERTIFIED_PREFIX = "certified_"  # its rows in the summary: attack certified_<method>, value in robust_accuracy
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,10 @@ def split_override(override: str) -> tuple[str, str]:
 
 def setting_of(overrides: list[str]) -> str:
     """The overrides that make a configuration differ from another beyond CONFIG_COLUMNS and the seed."""
-    return " ".join(sorted(o for o in overrides if split_override(o)[0] not in NOT_A_SETTING))
+    def counts(key: str) -> bool:
+        return key not in NOT_A_SETTING and key.split(".", 1)[0] not in NOT_A_SETTING_NODES
+
+    return " ".join(sorted(o for o in overrides if counts(split_override(o)[0])))
 
 
 def load_run(run: Path, root: Path) -> pd.DataFrame:
@@ -111,14 +118,39 @@ def load_run(run: Path, root: Path) -> pd.DataFrame:
         raise IsorobustError(f"{run / 'robustness.csv'} lacks the columns {', '.join(missing)}")
     overrides = read_overrides(run)
     relative = run.relative_to(root).as_posix() if run != root else "."
+    eval_samples = int(table["n_samples"].max())  # of the attacks; certification has its own n_samples
+    table = with_certified(run, table)
     table.insert(0, "run", relative)
     table[TEST_CLEAN] = float(metrics["clean_accuracy"]) if "clean_accuracy" in metrics else float("nan")
-    table[EVAL_SAMPLES] = int(table["n_samples"].max())
+    table[EVAL_SAMPLES] = eval_samples
     table[SETTING] = setting_of(overrides)
     for override in overrides:
         key, value = split_override(override)
         table[f"override.{key}"] = value
     return table
+
+
+def with_certified(run: Path, table: pd.DataFrame) -> pd.DataFrame:
+    """robustness.csv's rows plus, where the run certified (certified.csv), one row per ε with attack
+    ``certified_<method>`` and the certified accuracy as ``robust_accuracy``: every statistic over
+    seeds and every paired difference then covers the lower bounds as it covers the attacks."""
+    path = run / CERTIFIED_FILE
+    if not path.is_file():
+        return table
+    try:
+        certified = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise IsorobustError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    missing = [c for c in ("method", "epsilon", "n_samples", "certified_accuracy") if c not in certified]
+    if missing:
+        raise IsorobustError(f"{path} lacks the columns {', '.join(missing)}")
+    rows = certified.rename(columns={"certified_accuracy": "robust_accuracy"})
+    # "crown (ibp through conv/max-pool)" is CROWN after an IBP front end: one name per method
+    rows["attack"] = CERTIFIED_PREFIX + rows["method"].astype(str).str.split().str[0]
+    rows["norm"] = "linf"
+    if LEVEL in table.columns:  # hierarchical: the certified classifier is the finest level's
+        rows[LEVEL] = table[LEVEL].max()
+    return pd.concat([table, rows[[c for c in table.columns if c in rows.columns]]], ignore_index=True)
 
 
 def summary_frame(runs: list[RunDir], root: Path) -> pd.DataFrame:
@@ -309,7 +341,9 @@ def summary_markdown(summary: pd.DataFrame, runs: list[RunDir], root: Path,
         for eps, at_eps in part.groupby("epsilon", sort=True):
             cells = {key(r): _cell(r["mean"], r["std"], r["n"]) for _, r in at_eps.iterrows()}
             rows.append([f"{eps:.4g}", *(cells.get(c, "–") for c in columns)])
-        lines += ["", f"## {attack} ({norm}{level}): robust accuracy on {n_samples} test samples", ""]
+        what = ("certified accuracy (a lower bound)" if str(attack).startswith(CERTIFIED_PREFIX)
+                else "robust accuracy")
+        lines += ["", f"## {attack} ({norm}{level}): {what} on {n_samples} test samples", ""]
         lines += _table(["ε", *(label_of[c] for c in columns)], rows)
     paired = paired_differences(summary, reference)
     against = "β=0"

@@ -18,6 +18,18 @@ log = logging.getLogger(__name__)
 
 
 class SweepSummary(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # logger=...: a missing package or an unusable store stops the sweep before its first job, and
+        # the sweep's MLflow experiment is created here, once, not by several jobs at the same time.
+        if config.get("logger") is not None:
+            from isorobust.cli import fail
+            from isorobust.tracking import prepare_sweep
+
+            try:
+                prepare_sweep(config)
+            except IsorobustError as exc:
+                fail(str(exc))
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from isorobust.sweeps.report import write_report
 
@@ -29,3 +41,7 @@ class SweepSummary(Callback):
             return
         print(report.markdown, flush=True)
         log.info("sweep summary: %s", ", ".join(str(p) for p in report.files))
+        if config.get("logger") is not None:  # after the summary: the tracker logs its files and figure
+            from isorobust.tracking import log_finished_sweep
+
+            log_finished_sweep(config, sweep_dir)

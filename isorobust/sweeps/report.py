@@ -9,6 +9,7 @@ from isorobust.errors import IsorobustError
 from isorobust.sweeps.aggregate import (
     LEVEL, RunDir, aggregate_isometry, find_runs, isometry_frame, summary_frame, summary_markdown,
 )
+from isorobust.sweeps.objective import STUDY_FILE, study_report
 
 REPORT_FILES = ("summary.csv", "summary.md", "robustness.png", "robustness.pdf", "isometry_summary.csv")
 
@@ -41,6 +42,9 @@ def write_report(root: str | Path) -> Report:
     per_run_isometry = isometry_frame(summary, root)
     isometry = aggregate_isometry(per_run_isometry) if not per_run_isometry.empty else None
     markdown = summary_markdown(summary, runs, root, isometry)
+    study = study_report(root, summary)  # an Optuna sweep (optimization_results.yaml): its trials, the best
+    if study is not None:
+        markdown += study.markdown
     from isorobust.sweeps.plot import robustness_figure, save_figure  # matplotlib: only when plotting
 
     # Hierarchical runs: the figure shows the finest level (the network's classifier); summary.md has all.
@@ -55,4 +59,6 @@ def write_report(root: str | Path) -> Report:
         save_figure(figure, root / "robustness.pdf"),
         io.write_csv(root / "isometry_summary.csv", per_run_isometry),
     ]
+    if study is not None:
+        files.append(io.write_csv(root / STUDY_FILE, study.frame))
     return Report(root, runs, markdown, files)

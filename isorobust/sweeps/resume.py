@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 # Keys that do not change the results: a resumed sweep may set them differently.
 IGNORED = ("resume", "threads", "device", "dataset.root", "dataset.download", "trainer.resume")
+# Whole nodes that say how a run is tracked or ranked, not what it computes; runs made before they existed
+# have neither, and must still resume.
+IGNORED_NODES = ("logger", "objective")
 
 
 def job_config(cfg: DictConfig) -> dict[str, Any]:
@@ -54,7 +57,7 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     a, b = _flatten(saved), _flatten(current)
-    keys = sorted((set(a) | set(b)) - set(IGNORED))
+    keys = sorted(k for k in (set(a) | set(b)) - set(IGNORED) if k.split(".", 1)[0] not in IGNORED_NODES)
     return [f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k)]
 
 

@@ -30,7 +30,8 @@ from isorobust.sweeps.report import Report
 from isorobust.sweeps.study import KEY, SWEEP, headline, load_sweeps, log_span, sweep_command, sweep_facts
 
 # Keys of a resolved run config that may differ between a question's runs and the reference's β = 0.
-UNMATCHED_OK = {"reg", "seed", "resume", "threads", "device"}
+# (logger, objective and certify say how a run is tracked, ranked or bounded, not what it trains or attacks)
+UNMATCHED_OK = {"reg", "seed", "resume", "threads", "device", "logger", "objective", "certify"}
 
 
 def _resolved(root: Path, rows: pd.DataFrame) -> dict[int, dict[str, Any]]:

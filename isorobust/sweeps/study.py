@@ -22,8 +22,9 @@ from isorobust import io
 from isorobust.errors import IsorobustError
 from isorobust.evaluation.robustness import WORST_CASE
 from isorobust.sweeps.aggregate import (
-    CONFIG_COLUMNS, SETTING, RunDir, _table, aggregate_clean, aggregate_isometry, aggregate_robustness,
-    configuration_labels, find_runs, isometry_frame, paired_differences, summary_frame, summary_markdown,
+    CERTIFIED_PREFIX, CONFIG_COLUMNS, SETTING, RunDir, _table, aggregate_clean, aggregate_isometry,
+    aggregate_robustness, configuration_labels, find_runs, isometry_frame, paired_differences, summary_frame,
+    summary_markdown,
 )
 from isorobust.sweeps.report import Report
 
@@ -121,8 +122,10 @@ def headline(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, st
     """
     robust, clean = aggregate_robustness(summary), aggregate_clean(summary)
     paired = paired_differences(summary, reference)
-    trimmed = summary[summary["n_samples"] < summary["eval_samples"]]
-    radii = sorted(trimmed["epsilon"].unique()) if not trimmed.empty else sorted(summary["epsilon"].unique())[:4]
+    attacked = ~summary["attack"].astype(str).str.startswith(CERTIFIED_PREFIX)  # lower bounds: their own grid
+    trimmed = summary[attacked & (summary["n_samples"] < summary["eval_samples"])]
+    radii = (sorted(trimmed["epsilon"].unique()) if not trimmed.empty
+             else sorted(summary.loc[attacked, "epsilon"].unique())[:4])
     radii = [float(e) for e in radii]
     n_worst = sorted(summary.loc[summary["attack"] == WORST_CASE, "n_samples"].unique())
     configs = [tuple(r[KEY]) for _, r in clean.iterrows()]
@@ -181,6 +184,40 @@ def headline(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, st
             inflation.extend((config, eps, gap) for eps, gap in gap_values)
     sentences += autoattack_sentences(robust, configs, radii, labels)
     return table, sentences, conclusion(compared, inflation, labels, main or set(configs), reference_config)
+
+
+def certified_table(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, str]) -> list[str]:
+    """Certified accuracy (runs made with certify=crown|ibp) per configuration and radius, as the
+    headline shows the attacks: mean ± std over seeds and the paired difference to the reference
+    [95 % t-interval]. Empty where no run certified, so such reports stay as they were."""
+    rows_mask = summary["attack"].astype(str).str.startswith(CERTIFIED_PREFIX)
+    if not rows_mask.any():
+        return []
+    certified = summary[rows_mask]
+    robust, paired = aggregate_robustness(certified), paired_differences(certified, reference[rows_mask])
+    configs = [tuple(r[KEY]) for _, r in aggregate_clean(summary).iterrows()]
+    reference_config = tuple(summary[reference].iloc[0][KEY]) if reference.any() else None
+    lines = ["## Certified accuracy (lower bounds)", "",
+             "Share of test images proven robust in the whole L∞ ball (IBP or CROWN; see README, *Certified "
+             "bounds*): a lower bound where the attacks give an upper one. Mean ± std over seeds; Δ = paired "
+             f"difference to {labels.get(reference_config, 'the reference')} (same seed) in points "
+             "[95 % t-interval], * where it excludes 0."]
+    for method in sorted(certified["attack"].unique()):
+        part = certified[certified["attack"] == method]
+        radii = [float(e) for e in sorted(part["epsilon"].unique())]
+        rows = []
+        for config in configs:
+            cells = []
+            for eps in radii:
+                cells.append(_pct(_value(robust, config, method, eps)))
+                cells.append("(reference)" if config == reference_config
+                             else _diff(_value(paired, config, method, eps)))
+            if any(c != "–" for c in cells[::2]):
+                rows.append([labels[config], *cells])
+        header = ["configuration"] + [h for eps in radii for h in (f"ε={eps:g}", f"Δ ε={eps:g}")]
+        n = ", ".join(str(v) for v in sorted(part["n_samples"].unique()))
+        lines += ["", f"{method} ({n} test images):", "", *_table(header, rows, left=1)]
+    return lines + [""]
 
 
 def autoattack_sentences(robust: pd.DataFrame, configs: list[tuple], radii: list[float],
@@ -309,7 +346,8 @@ def write_study(sweeps: list[str | Path], out: str | Path) -> Report:
                   f"({facts['job_minutes']:.1f} min of job time); {facts['device']} on {facts['machine']}, "
                   f"torch {facts['torch']}, torch threads per job {facts['threads']}.", ""]
     lines += ["## Conclusion (generated from the paired differences)", "", " ".join(concluded), "",
-              "## Headline", "", *table, "", "## What the numbers say (generated)", "",
+              "## Headline", "", *table, "", *certified_table(summary, reference, labels),
+              "## What the numbers say (generated)", "",
               *[f"- {s}" for s in sentences], ""]
     for title, path in images.items():
         lines += [f"![{title}]({path.name})", ""]

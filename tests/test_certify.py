@@ -1,0 +1,510 @@
+"""Certified lower bounds (isorobust.evaluation.certify): soundness against sampling, corners and PGD
+inside the ball, exactness on a linear network, CROWN never looser than IBP, the activation lines on
+dense grids, the ε = 0 / monotonicity / radius properties, aggregation over seeds, and a real MNIST run
+whose certified samples no attack of the run broke. Small float64 networks unless said otherwise."""
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import scipy.stats
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from isorobust.errors import ConfigError
+from isorobust.evaluation.certify import (
+    CERTIFIED_COLUMNS, Certifier, certifiable_layers, certified_mask, certify_grid, crown_margin_bounds,
+    ibp_layer, ibp_margin_bounds, input_box, relaxation,
+)
+from isorobust.evaluation.robustness import TABLE_COLUMNS
+from isorobust.models import CNN, MLP, HierarchicalMLP
+from tests.conftest import brightest_row_data, fit_tiny_mlp, requires_mnist, run_cli
+from tests.test_cli import assert_one_line_error
+
+EPSILONS = (0.02, 0.1, 0.3)
+
+
+def scaled(model: nn.Module, factor: float, seed: int) -> nn.Module:
+    """float64, weights drawn afresh and multiplied by ``factor``: PyTorch's default init keeps a tanh
+    network nearly linear on [0, 1] inputs, where a wrong relaxation would hardly show."""
+    torch.manual_seed(seed)
+    model = model.double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * factor / math.sqrt(p.shape[-1] if p.dim() > 1 else 4))
+    return model.eval()
+
+
+def tiny_networks() -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
+    """name -> (float64 model, input shape): the activations and layer types the certifier handles."""
+    return {
+        "mlp_tanh": (scaled(MLP(6, width=8, depth=2, num_classes=4, activation="tanh"), 2.0, 0), (6,)),
+        "mlp_relu": (scaled(MLP(6, width=8, depth=2, num_classes=4, activation="relu"), 2.0, 1), (6,)),
+        "mlp_sigmoid": (scaled(MLP(6, width=8, depth=2, num_classes=4, activation="sigmoid"), 3.0, 2), (6,)),
+        "cnn": (scaled(CNN((1, 6, 6), channels=(2, 3), width=8, depth=2, num_classes=4), 2.0, 3), (1, 6, 6)),
+        "mixed": (scaled(nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(),
+                                       nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 4)), 2.0, 4), (6,)),
+    }
+
+
+def ball(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The L∞ ball ∩ [0, 1] written out here, not taken from the module under test."""
+    return torch.clamp(x - eps, 0.0, 1.0), torch.clamp(x + eps, 0.0, 1.0)
+
+
+def margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(..., K−1) true margins logit[y] − logit[j], j ≠ y, in increasing j (as the bounds are ordered)."""
+    logits = model(x)
+    k = logits.shape[-1]
+    others = torch.stack([torch.tensor([j for j in range(k) if j != int(c)]) for c in y])
+    return logits.gather(1, y[:, None]) - logits.gather(1, others)
+
+
+def observed_minimum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int = 0) -> torch.Tensor:
+    """(B, K−1) smallest margin seen in the box: uniform samples, random corners, and per margin a
+    sign-gradient descent (PGD) from the centre and from random starts, projected onto the box."""
+    g = torch.Generator().manual_seed(seed)
+    lower, upper = ball(x, eps)
+    best = margins(model, x, y)
+    with torch.no_grad():
+        for corners in (False, True):
+            for _ in range(40):
+                u = torch.rand((50, *x.shape), generator=g, dtype=x.dtype)
+                point = torch.where(u > 0.5, upper, lower) if corners else lower + (upper - lower) * u
+                m = margins(model, point.reshape(-1, *x.shape[1:]), y.repeat(50)).view(50, *best.shape)
+                best = torch.minimum(best, m.min(dim=0).values)
+    k = best.shape[1]
+    for start in range(3):
+        point = (x if start == 0 else lower + (upper - lower) * torch.rand(x.shape, generator=g, dtype=x.dtype))
+        point = point.unsqueeze(0).repeat(k, *[1] * x.dim()).clone()  # one copy per margin
+        for step in range(40):
+            point.requires_grad_(True)
+            m = margins(model, point.reshape(-1, *x.shape[1:]), y.repeat(k)).view(k, *best.shape)
+            objective = sum(m[j, :, j].sum() for j in range(k))
+            (grad,) = torch.autograd.grad(objective, point)
+            size = 0.5 * (upper - lower) * (1 + math.cos(math.pi * step / 40)) / 2 + 1e-12
+            with torch.no_grad():
+                point = torch.minimum(torch.maximum(point - size * grad.sign(), lower), upper)
+                m = margins(model, point.reshape(-1, *x.shape[1:]), y.repeat(k)).view(k, *best.shape)
+                best = torch.minimum(best, torch.stack([m[j, :, j] for j in range(k)], dim=1))
+    return best
+
+
+@pytest.mark.parametrize("name", list(tiny_networks()))
+def test_bounds_are_never_above_any_margin_found_inside_the_ball(name):
+    model, shape = tiny_networks()[name]
+    layers = certifiable_layers(model)
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand((8, *shape), generator=g, dtype=torch.float64)
+    x[0] = 0.0  # inputs on the edge of [0, 1]: the box is cut there
+    x[1] = 1.0
+    y = torch.arange(8) % 4
+    for eps in EPSILONS:
+        seen = observed_minimum(model, x, y, eps)
+        ibp, crown = ibp_margin_bounds(layers, x, y, eps), crown_margin_bounds(layers, x, y, eps)
+        assert (ibp <= seen + 1e-10).all(), (name, eps, (ibp - seen).max())
+        assert (crown <= seen + 1e-10).all(), (name, eps, (crown - seen).max())
+        # and they are bounds worth having: CROWN within reach of what the search found at small ε
+        if eps == EPSILONS[0] and name != "cnn":
+            assert (seen - crown).mean() < 0.5 * (seen - ibp).mean()
+
+
+@pytest.mark.parametrize("name", list(tiny_networks()))
+def test_every_layers_output_stays_inside_its_ibp_box(name):
+    model, shape = tiny_networks()[name]
+    layers = certifiable_layers(model)
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand((4, *shape), generator=g, dtype=torch.float64)
+    x[0] = 0.0
+    lower, upper = ball(x, 0.1)
+    assert all(torch.equal(a, b) for a, b in zip(input_box(x, 0.1), (lower, upper)))
+    points = lower + (upper - lower) * torch.rand((500, *x.shape), generator=g, dtype=x.dtype)
+    points = torch.cat([points, torch.where(torch.rand(points.shape, generator=g) > 0.5, upper, lower)])
+    h = points.reshape(-1, *shape)
+    box = (lower, upper)
+    with torch.no_grad():
+        for layer in layers:
+            box = ibp_layer(layer, *box)
+            h = layer(h)
+            inside = h.view(-1, *box[0].shape)
+            assert (inside >= box[0] - 1e-12).all() and (inside <= box[1] + 1e-12).all(), type(layer).__name__
+
+
+def test_the_flat_layer_list_is_the_model():
+    torch.manual_seed(0)
+    cases = [(MLP(6, width=5, depth=3, num_classes=4), (6,)),
+             (CNN((1, 8, 8), channels=(2, 3), width=5, depth=2, num_classes=4), (1, 8, 8)),
+             (HierarchicalMLP(6, [[[0, 1], [2, 3]], [[0], [1], [2], [3]]], 4, width=5, depth_per_level=2), (6,))]
+    for model, shape in cases:
+        x = torch.rand(3, *shape)
+        h = x
+        for layer in certifiable_layers(model):
+            h = layer(h)
+        torch.testing.assert_close(h, model(x), rtol=0, atol=0)
+
+
+def test_crown_is_exact_on_a_linear_network():
+    torch.manual_seed(1)
+    model = scaled(nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.Linear(5, 7), nn.Linear(7, 4)), 2.0, 5)
+    layers = certifiable_layers(model)
+    x = torch.rand(16, 6, dtype=torch.float64)
+    y = torch.arange(16) % 4
+    # the network is x ↦ Wx + b: the minimum of each margin over the box is attained at a corner
+    weight = layers[3].weight @ layers[2].weight @ layers[1].weight
+    bias = layers[3].weight @ (layers[2].weight @ layers[1].bias + layers[2].bias) + layers[3].bias
+    for eps in (0.0, 0.05, 0.3):
+        lower, upper = ball(x, eps)
+        rows = torch.stack([weight[c] - weight[[j for j in range(4) if j != c]] for c in y.tolist()])
+        shift = torch.stack([bias[c] - bias[[j for j in range(4) if j != c]] for c in y.tolist()])
+        exact = shift + torch.einsum("bkd,bd->bk", rows.clamp(min=0), lower) \
+            + torch.einsum("bkd,bd->bk", rows.clamp(max=0), upper)
+        torch.testing.assert_close(crown_margin_bounds(layers, x, y, eps), exact, rtol=0, atol=1e-12)
+        if eps > 0:  # IBP loses the correlation between the layers: strictly looser here
+            assert (ibp_margin_bounds(layers, x, y, eps) < exact - 1e-6).any()
+
+
+@pytest.mark.parametrize("activation,factor", [("tanh", 1.0), ("tanh", 3.0), ("relu", 2.0), ("sigmoid", 4.0)])
+def test_crown_is_never_looser_than_ibp_on_mlps(activation, factor):
+    model = scaled(MLP(10, width=12, depth=3, num_classes=5, activation=activation), factor, 11)
+    layers = certifiable_layers(model)
+    x = torch.rand(64, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    y = torch.arange(64) % 5
+    for eps in (0.0, 0.01, 0.05, 0.2, 0.5, 1.0):
+        ibp, crown = ibp_margin_bounds(layers, x, y, eps), crown_margin_bounds(layers, x, y, eps)
+        assert (crown >= ibp - 1e-6).all(), (activation, eps, (ibp - crown).max())
+
+
+def grid_intervals(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Intervals across 0, on either side, touching 0, very narrow, very wide, degenerate."""
+    g = torch.Generator().manual_seed(0)
+    parts = []
+    for width in (0.0, 1e-12, 1e-9, 1e-6, 1e-3, 0.1, 1.0, 4.0, 20.0, 200.0):
+        centre = torch.randn(300, generator=g, dtype=torch.float64) * 3
+        half = torch.rand(300, generator=g, dtype=torch.float64) * width
+        parts.append(torch.stack([centre - half, centre + half]))
+        parts.append(torch.stack([-half, half * torch.rand(300, generator=g, dtype=torch.float64)]))  # across 0
+    half = torch.rand(100, generator=g, dtype=torch.float64) * 5
+    parts += [torch.stack([torch.zeros_like(half), half]), torch.stack([-half, torch.zeros_like(half)])]
+    lower, upper = torch.cat(parts, dim=1).to(dtype)
+    return lower, upper
+
+
+@pytest.mark.parametrize("act,f", [(nn.Tanh(), torch.tanh), (nn.Sigmoid(), torch.sigmoid), (nn.ReLU(), torch.relu)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_relaxation_lines_lie_below_and_above_the_activation_on_the_whole_interval(act, f, dtype):
+    lower, upper = grid_intervals(dtype)
+    (low_slope, low_intercept), (up_slope, up_intercept) = relaxation(act, lower, upper)
+    t = torch.linspace(0, 1, 4001, dtype=dtype)
+    z = lower[:, None] + (upper - lower)[:, None] * t  # the lines as the certifier evaluates them (dtype)
+    z = torch.minimum(torch.maximum(z, lower[:, None]), upper[:, None])  # rounding must not leave [l, u]
+    truth = f(z.double())
+    below = (low_slope[:, None] * z + low_intercept[:, None]).double()
+    above = (up_slope[:, None] * z + up_intercept[:, None]).double()
+    assert (below <= truth).all(), (truth - below).min()
+    assert (above >= truth).all(), (above - truth).min()
+    # Sound by being tight, not by being loose: CROWN's lines touch the function at an end or the
+    # midpoint (up to the padding against rounding and the tangent point's search), and on narrow
+    # intervals they close in on it.
+    gap = (above - below).max(dim=1).values
+    narrow = (upper - lower).double() <= 1e-6
+    assert (gap[narrow] < 1e-5).all(), gap[narrow].max()
+    ends = [0, len(t) // 2, len(t) - 1]
+    tolerance = 1e-5 * (1 + torch.maximum(lower.abs(), upper.abs()).double())  # the padding grows with |z|
+    assert ((above - truth)[:, ends].min(dim=1).values < tolerance).all()
+    assert ((truth - below)[:, ends].min(dim=1).values < tolerance).all()
+
+
+def test_tanh_lines_across_zero_follow_crowns_rule():
+    lower = torch.tensor([-3.0, -0.5, -10.0, -0.1], dtype=torch.float64)
+    upper = torch.tensor([0.5, 3.0, 10.0, 8.0], dtype=torch.float64)
+    (low_slope, low_intercept), (up_slope, up_intercept) = relaxation(nn.Tanh(), lower, upper)
+    # the upper line passes through (l, tanh l): the tangent from there, or the chord
+    torch.testing.assert_close(up_slope * lower + up_intercept, torch.tanh(lower), rtol=0, atol=1e-7)
+    torch.testing.assert_close(low_slope * upper + low_intercept, torch.tanh(upper), rtol=0, atol=1e-7)
+    # [-0.5, 3]: the tangent at u = 3 passes far above (−0.5, tanh −0.5): a tangent at some d in (0, 3)
+    d = torch.acosh(up_slope[1].rsqrt())  # tanh'(d) = 1/cosh²(d)
+    assert 0 < d < 3 and abs(torch.tanh(d) + up_slope[1] * (lower[1] - d) - torch.tanh(lower[1])) < 1e-6
+
+
+def trained_tiny():
+    """A small tanh MLP fitted to 4-class images, a few test samples misclassified (float32)."""
+    x, y = brightest_row_data(400)
+    model = fit_tiny_mlp(0, x[:200], y[:200])
+    return model, x[200:], y[200:]
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+def test_zero_radius_certifies_exactly_the_correct_samples_and_accuracy_falls_with_epsilon(method):
+    model, x, y = trained_tiny()
+    grid = [0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
+    result = Certifier(method=method, epsilons=grid, batch_size=64, radius_bisection_steps=0).run(model, x, y)
+    with torch.no_grad():
+        correct = model(x).argmax(dim=1) == y
+    assert 10 < (~correct).sum() < 100  # the property is tested on both kinds of samples
+    assert torch.equal(result.certified[0], correct)
+    accuracy = result.certified_accuracy()
+    assert accuracy == sorted(accuracy, reverse=True) and accuracy[0] > accuracy[-1]
+    assert (result.certified[1:] <= result.certified[:-1]).all()  # per sample, not only on average
+    # the reported masks are the bound itself wherever the bound is monotone (always for IBP)
+    layers = certifiable_layers(model)
+    raw = torch.stack([certified_mask(layers, x, y, correct, eps, method) for eps in grid])
+    if method == "ibp":
+        assert torch.equal(raw, result.certified)
+    assert (raw <= result.certified).all()  # monotone closure only ever adds proofs from larger balls
+
+
+def test_ibp_margin_bounds_shrink_as_the_ball_grows():
+    model, x, y = trained_tiny()
+    layers = certifiable_layers(model)
+    bounds = [ibp_margin_bounds(layers, x, y, eps) for eps in (0.0, 0.01, 0.05, 0.2)]
+    for smaller, larger in zip(bounds, bounds[1:]):
+        assert (larger <= smaller + 1e-6).all()
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+def test_the_bisected_radius_is_certified_and_just_above_it_is_not(method):
+    model, x, y = trained_tiny()
+    steps, grid = 12, [0.01, 0.03, 0.1]
+    result = Certifier(method=method, epsilons=grid, batch_size=64, radius_bisection_steps=steps).run(model, x, y)
+    layers = certifiable_layers(model)
+    radius, bound, correct = result.radius, result.radius_bound, result.correct
+    assert (radius[~correct] == 0).all() and (radius <= max(grid)).all()
+    searched = correct & (radius < max(grid))
+    assert searched.sum() > 10 and (radius[correct] > 0).sum() > 10
+    brackets = torch.tensor([grid[0], *(b - a for a, b in zip(grid, grid[1:]))]).max()
+    assert ((bound - radius)[searched] <= brackets / 2**steps + 1e-7).all()  # + float32 rounding
+    positive = correct & (radius > 0)
+    assert certified_mask(layers, x[positive], y[positive], correct[positive], radius[positive], method).all()
+    assert not certified_mask(layers, x[searched], y[searched], correct[searched], bound[searched], method).any()
+    if method == "ibp":  # monotone: nothing above the radius + the resolution is certified either
+        above = radius[searched] + brackets / 2**steps + 1e-6
+        assert not certified_mask(layers, x[searched], y[searched], correct[searched], above, method).any()
+    # the per-sample radius agrees with the grid: certified at ε exactly when the radius reaches ε
+    for eps, mask in zip(grid, result.certified):
+        assert torch.equal(mask, correct & (radius >= eps - 1e-7))
+    ordered = radius.double().sort().values
+    middle = ordered[(len(ordered) - 1) // 2 : len(ordered) // 2 + 1].mean()  # the mean of the middle pair
+    assert result.median_radius == pytest.approx(float(middle))
+
+
+def test_crown_tightens_the_cnn_after_its_ibp_front_end_and_says_so():
+    model, shape = tiny_networks()["cnn"]
+    x = torch.rand((6, *shape), dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    result = Certifier(method="crown", epsilons=[0.01], radius_bisection_steps=0).run(model, x, y)
+    assert result.method == "crown (ibp through conv/max-pool)"
+    assert Certifier(method="crown", epsilons=[0.01], radius_bisection_steps=0).run(
+        tiny_networks()["mlp_tanh"][0], torch.rand(2, 6, dtype=torch.float64), torch.zeros(2, dtype=torch.long)
+    ).method == "crown"
+    layers = certifiable_layers(model)
+    assert (crown_margin_bounds(layers, x, y, 0.05) >= ibp_margin_bounds(layers, x, y, 0.05) - 1e-9).all()
+
+
+def test_models_without_a_bound_are_refused_with_one_line():
+    certifier = Certifier(method="crown")
+    with pytest.raises(ConfigError, match="GELU has no bound"):
+        certifier.layers(MLP(6, width=4, depth=1, num_classes=3, activation="gelu"))
+    with pytest.raises(ConfigError, match="certify.method must be ibp or crown"):
+        Certifier(method="lp")
+    with pytest.raises(ConfigError, match="certify.epsilons"):
+        Certifier(epsilons=[0.1, 1.5])
+
+
+def test_certify_grid_matches_the_batched_margins_on_gpu_if_there_is_one():
+    """The same numbers on any batch size (and on CUDA when present): the batching is not the result."""
+    model, x, y = trained_tiny()
+    model, x = model.double(), x.double()  # float64: a different summation order flips no bound
+    layers = certifiable_layers(model)
+    with torch.no_grad():
+        correct = model(x).argmax(dim=1) == y
+    one = certify_grid(layers, x, y, correct, [0.01, 0.05], "crown", batch_size=7)
+    all_at_once = certify_grid(layers, x, y, correct, [0.01, 0.05], "crown", batch_size=1000)
+    assert torch.equal(one, all_at_once)
+    if torch.cuda.is_available():
+        cuda = certify_grid(certifiable_layers(model.cuda()), x.cuda(), y.cuda(), correct.cuda(), [0.01, 0.05],
+                            "crown", batch_size=64)
+        assert torch.equal(cuda.cpu(), one)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sweeps: certified accuracy gets the attacks' statistics over seeds
+
+CERTIFIED = {(0.0, 0): 0.40, (0.0, 1): 0.50, (0.0, 2): 0.60, (1.0, 0): 0.45, (1.0, 1): 0.53, (1.0, 2): 0.64}
+
+
+def make_run(run: Path, weight: float, seed: int, certified: bool) -> None:
+    (run / ".hydra").mkdir(parents=True)
+    overrides = ["+reg=isometric", f"reg.weight={weight:g}", f"seed={seed}", *(["certify=crown"] if certified else [])]
+    (run / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    (run / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    rows = [dict(zip(TABLE_COLUMNS, ["mnist", "mlp", "isometric", weight, 10.0, seed, attack, "linf", 0.03, 100,
+                                     0.97, CERTIFIED[(weight, seed)] + 0.2])) for attack in ("pgd", "worst_case")]
+    pd.DataFrame(rows).to_csv(run / "robustness.csv", index=False)
+    if certified:
+        cert = [dict(zip(CERTIFIED_COLUMNS, ["mnist", "mlp", "isometric", weight, 10.0, seed, "crown", eps, 50,
+                                             0.97, CERTIFIED[(weight, seed)] - shift]))
+                for eps, shift in ((0.01, 0.0), (0.03, 0.1))]
+        pd.DataFrame(cert).to_csv(run / "certified.csv", index=False)
+    (run / "metrics.json").write_text(json.dumps({
+        "clean_accuracy": 0.97, "seconds": {"total": 1.0},
+        "environment": {"machine": "x86_64", "torch": "2.x", "device": "cpu", "threads": 1}}))
+
+
+def make_sweep(folder: Path, certified: bool) -> Path:
+    for job, (weight, seed) in enumerate(sorted(CERTIFIED)):
+        make_run(folder / str(job), weight, seed, certified)
+    (folder / "multirun.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(
+        {"hydra": {"overrides": {"hydra": ["hydra.mode=MULTIRUN"], "task": ["reg.weight=0,1", "seed=0,1,2"]}}})))
+    return folder
+
+
+def test_summaries_give_certified_accuracy_the_same_statistics_and_leave_other_runs_alone(tmp_path):
+    from isorobust.sweeps.aggregate import aggregate_robustness, find_runs, paired_differences, summary_frame
+    from isorobust.sweeps.report import write_report
+    from isorobust.sweeps.study import write_study
+
+    with_cert, without = make_sweep(tmp_path / "cert", True), make_sweep(tmp_path / "plain", False)
+    summary = summary_frame(find_runs(with_cert), with_cert)
+    assert set(summary["attack"]) == {"pgd", "worst_case", "certified_crown"}
+    assert set(summary["setting"]) == {""}  # certify=crown does not make another configuration
+    assert (summary["eval_samples"] == 100).all()  # the attacks' sample count, not the certifier's
+    stats = aggregate_robustness(summary).set_index(["reg_weight", "attack", "epsilon"])
+    row = stats.loc[(0.0, "certified_crown", 0.01)]
+    assert row["mean"] == pytest.approx(0.5) and row["std"] == pytest.approx(0.1) and row["n"] == 3
+    assert stats.loc[(1.0, "certified_crown", 0.03), "n_samples"] == 50
+    paired = paired_differences(summary).set_index(["reg_weight", "attack", "epsilon"])
+    diff = paired.loc[(1.0, "certified_crown", 0.01)]  # +5, +3, +4 points: 4 ± t(0.975, 2)·1/√3
+    half = 0.01 * scipy.stats.t.ppf(0.975, 2) / math.sqrt(3)
+    assert diff["mean"] == pytest.approx(0.04) and diff["ci_low"] == pytest.approx(0.04 - half)
+
+    report = write_report(with_cert)
+    assert "## certified_crown (linf): certified accuracy (a lower bound) on 50 test samples" in report.markdown
+    assert "### certified_crown" in report.markdown
+    plain = write_report(without).markdown
+    assert "certified_" not in plain.split("\n", 1)[1] and "certified accuracy" not in plain  # line 1: the path
+
+    def section(markdown: str, title: str) -> str:
+        return markdown.split(f"## {title}")[1].split("\n## ")[0]
+
+    for title in ("Clean accuracy", "pgd", "worst_case"):  # the attacks' tables are the plain sweep's
+        assert section(report.markdown, title) == section(plain, title)
+    study = write_study([with_cert], tmp_path / "docs" / "study.md").markdown
+    certified = section(study, "Certified accuracy (lower bounds)")
+    assert "β=1" in certified and "+4.0 [" in certified and "(reference)" in certified
+    assert "ε=0.01" in certified and "ε=0.03" in certified
+    assert section(study, "Headline").count("worst ε=") == 1  # the headline keeps the attacks' radii
+    assert "Certified accuracy" not in write_study([without], tmp_path / "docs" / "plain.md").markdown
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command line
+
+QUICK = ["dataset.train_size=200", "dataset.test_size=100", "trainer.epochs=1", "eval.n_samples=20"]
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["certify=crown", "certify.epsilons=[0.01,1.5]"], "certify.epsilons"),
+    (["certify=crown", "certify.radius_bisection_steps=-1"], "certify.radius_bisection_steps"),
+    (["certify=ibp", "certify.batch_size=0"], "certify.batch_size"),
+    (["certify=crown", "certify.n_samples=0"], "certify.n_samples"),
+    (["certify=crown", "certify.method=lp"], "certify.method must be ibp or crown"),
+    (["certify=zonotope"], "unknown certify 'zonotope'"),
+])
+def test_bad_certify_values_give_one_line_and_exit_status_2(tmp_path, overrides, needle):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", *QUICK, *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path,
+                   env={"ISOROBUST_DATA": str(tmp_path / "nowhere")})
+    assert proc.returncode == 2
+    assert_one_line_error(proc, needle, run_dir)
+    assert not (run_dir / "certified.csv").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# End to end on real MNIST
+
+E2E_EPSILONS = [0.01, 0.03, 0.05]
+E2E = ["+reg=isometric", "certify=crown", "dataset.train_size=3000", "dataset.test_size=300", "trainer.epochs=1",
+       "eval.n_samples=200", f"eval.epsilons=[{','.join(map(str, E2E_EPSILONS))}]", "eval.batch_size=200",
+       "check.enabled=false", "certify.epsilons=[0.003,0.01,0.03]", "certify.n_samples=200", "threads=1"]
+
+
+@pytest.fixture(scope="module")
+def certified_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("certify")
+    run_dir = work / "run"
+    proc = run_cli("train", *E2E, f"hydra.run.dir={run_dir}", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work, run_dir, proc
+
+
+@requires_mnist
+@pytest.mark.e2e
+def test_a_real_run_writes_certified_csv_and_the_certified_column(certified_run):
+    _, run_dir, proc = certified_run
+    table = pd.read_csv(run_dir / "certified.csv")
+    assert list(table.columns) == CERTIFIED_COLUMNS
+    assert (table["method"] == "crown").all() and (table["n_samples"] == 200).all()
+    assert table["epsilon"].tolist() == [0.003, 0.01, 0.03]
+    assert table["certified_accuracy"].is_monotonic_decreasing and table["certified_accuracy"].iloc[0] > 0.3
+    robustness = pd.read_csv(run_dir / "robustness.csv")
+    assert "certified" not in set(robustness["attack"])  # robustness.csv keeps the attacks only
+    md = (run_dir / "robustness.md").read_text()
+    assert "| ε | fgsm | pgd | worst_case | certified |" in md and "- certified: CROWN certified accuracy" in md
+    assert md.splitlines()[0] in proc.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["seconds"]["certify"] > 0 and metrics["certify"]["method"] == "crown"
+    assert 0 < metrics["certify"]["median_radius"] <= 0.03
+    # lower bound ≤ upper bound, at every radius both evaluated
+    worst = robustness[robustness["attack"] == "worst_case"].set_index("epsilon")["robust_accuracy"]
+    for _, row in table[table["epsilon"].isin(worst.index)].iterrows():
+        assert row["certified_accuracy"] <= worst[row["epsilon"]]
+
+
+@requires_mnist
+@pytest.mark.e2e
+def test_the_attack_command_certifies_a_saved_run_when_asked(certified_run):
+    work, run_dir, _ = certified_run
+    out = work / "reattack"
+    proc = run_cli("attack", f"run={run_dir}", "attack=fgsm", "certify=ibp", "certify.n_samples=50",
+                   "certify.radius_bisection_steps=0", f"hydra.run.dir={out}", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_csv(out / "certified.csv")
+    assert (table["method"] == "ibp").all() and (table["n_samples"] == 50).all()
+    attack = json.loads((out / "attack.json").read_text())
+    assert attack["certify"]["method"] == "ibp" and attack["certify"]["median_radius"] is None
+    assert "| certified |" in (out / "robustness.md").read_text()
+    plain = work / "reattack-plain"  # without certify=..., nothing is certified (not even from the run)
+    proc = run_cli("attack", f"run={run_dir}", "attack=fgsm", f"hydra.run.dir={plain}", cwd=work)
+    assert proc.returncode == 0 and not (plain / "certified.csv").exists()
+    assert "certify" not in json.loads((plain / "attack.json").read_text())
+
+
+@requires_mnist
+@pytest.mark.e2e
+def test_no_certified_sample_is_broken_by_any_attack_of_the_run(certified_run):
+    from isorobust import io
+    from isorobust.data import load_mnist
+    from isorobust.evaluation.attacks import robust_masks
+    from isorobust.pipeline import build_attacks
+
+    _, run_dir, _ = certified_run
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    model = io.load_model(run_dir / "model.pt").eval()
+    data = load_mnist(root=cfg.dataset.root, download=False, test_size=200)
+    x, y = data.test.x, data.test.y
+    grid = [0.003, 0.01, 0.03, 0.05]
+    result = Certifier(method="crown", epsilons=grid, radius_bisection_steps=0).run(model, x, y)
+    written = pd.read_csv(run_dir / "certified.csv").set_index("epsilon")["certified_accuracy"]
+    for eps, acc in zip(grid, result.certified_accuracy()):  # the run's numbers, recomputed
+        if eps in written.index:
+            assert acc == pytest.approx(written[eps], abs=1e-6)
+    certified = dict(zip(grid, result.certified))
+    assert certified[0.01].sum() > 50
+    for name, attack in build_attacks(cfg.attack).items():
+        _, masks = robust_masks(model, attack, x, y, E2E_EPSILONS, 200, int(cfg.seed))
+        for eps, robust in zip(E2E_EPSILONS, masks):
+            broken = certified[eps] & ~robust
+            assert not broken.any(), f"{name} broke {int(broken.sum())} samples certified at ε={eps}"
