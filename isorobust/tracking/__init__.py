@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 # What a run's tracker record carries besides the scalars (those that exist; model.pt is left out: up
 # to 75 MB per run, and the run directory keeps it).
-RUN_ARTIFACTS = ("robustness.md", "robustness.csv", "checks.csv", "isometry.csv", "metrics.json", "certified.csv",
-                 "isometry_boundary.png", "isometry_torus.csv", "isometry_torus.png")
+RUN_ARTIFACTS = ("robustness.md", "robustness.csv", "checks.csv", "isometry.csv", "metrics.json",
+                 "certified.csv", "isometry_boundary.png", "isometry_torus.csv", "isometry_torus.png")
 # ... and a sweep's (the SweepSummary callback's files, and the Optuna sweeper's own result).
 SWEEP_ARTIFACTS = ("robustness.png", "robustness.pdf", "summary.md", "summary.csv", "isometry_summary.csv",
                    "study.csv", "optimization_results.yaml")
@@ -41,7 +41,7 @@ class TrackerError(IsorobustError):
 def install_command(extra: str) -> str:
     """How to install isorobust's optional ``extra``: its own requirements, as the installed metadata lists
     them. Not `pip install -e '.[mlflow]'`: that resolves isorobust's dependencies again, and torchattacks'
-    pin of requests (~=2.25.1) sends pip's resolver through old MLflow releases for an hour (see Makefile)."""
+    pin of requests (~=2.25.1) sent pip's resolver through old MLflow releases for over 50 minutes (Makefile)."""
     from importlib.metadata import PackageNotFoundError, requires
 
     try:
