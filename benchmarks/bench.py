@@ -370,8 +370,8 @@ def main() -> None:
     n_strong, n_aa = (200, 100) if args.quick else (1000, 1000)
     n_strong, n_aa = args.n_strong or n_strong, args.n_autoattack or n_aa
     if not args.only_certify:
-        sections.append((f"Full-strength attacks on {n_strong} test images (AutoAttack on {n_aa}), one-epoch reference MLP",
-                         bench_attack_strength(data, n_strong, n_aa)))
+        sections.append((f"Full-strength attacks on {n_strong} test images (AutoAttack on {n_aa}), "
+                         "one-epoch reference MLP", bench_attack_strength(data, n_strong, n_aa)))
         n_compare = args.n_compare or (100 if args.quick else 300)
         sections.append((f"AutoAttack before and after (same one-epoch MLP, first {n_compare} test images)",
                          bench_autoattack_before_after(data, n_compare)))

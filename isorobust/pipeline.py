@@ -108,7 +108,8 @@ def write_tables(run_dir: Path, table: pd.DataFrame, attacks: Mapping[str, Attac
     return markdown
 
 
-def certify(certifier: Certifier, model: Any, test: Any, meta: Mapping[str, Any]) -> tuple[CertifyResult, pd.DataFrame]:
+def certify(certifier: Certifier, model: Any, test: Any,
+            meta: Mapping[str, Any]) -> tuple[CertifyResult, pd.DataFrame]:
     """Certified accuracy of ``model`` on the test split (``certify`` group) and certified.csv's rows."""
     result = certifier.run(model, test.x, test.y)
     log.info("certified (%s): %s; median radius %s", result.method,

@@ -224,20 +224,20 @@ def _bisect_tangent_point(f: Callable[[Tensor], Tensor], df: Callable[[Tensor], 
 
 _TABLE_EDGE = 64.0  # the tangent points are tabulated for l in [−64, 0]; below, searched one by one
 _TABLE_POINTS = 1 << 15
-_TANGENT_TABLES: dict[tuple[Any, Any, torch.device], Tensor] = {}
+_TANGENT_TABLES: dict[tuple[Any, Any, torch.device, torch.dtype], Tensor] = {}
 
 
 def tangent_points(f: Callable[[Tensor], Tensor], df: Callable[[Tensor], Tensor], lower: Tensor) -> Tensor:
     """For each l < 0, (close to) the point d ≥ 0 whose tangent to f passes through (l, f(l)).
 
     The point depends on l alone, not on u, so it is tabulated once per function on a fine grid of l
-    (bisection to float64 precision) and interpolated: a few operations per neuron where a search
+    (bisection to full precision) and interpolated: a few operations per neuron where a search
     costs ~30 evaluations of f. Nothing rests on its accuracy for soundness (the caller raises the
     line through (l, f(l)) where d fell short): only the tightness does.
     """
-    key = (f, df, lower.device)
+    key = (f, df, lower.device, lower.dtype)
     if key not in _TANGENT_TABLES:
-        grid = torch.linspace(-_TABLE_EDGE, 0.0, _TABLE_POINTS, dtype=torch.float64, device=lower.device)
+        grid = torch.linspace(-_TABLE_EDGE, 0.0, _TABLE_POINTS, dtype=lower.dtype, device=lower.device)
         _TANGENT_TABLES[key] = _bisect_tangent_point(f, df, grid, torch.full_like(grid, _TABLE_EDGE), 52)
     table = _TANGENT_TABLES[key]
     position = (lower.clamp(-_TABLE_EDGE, 0.0) + _TABLE_EDGE) * ((_TABLE_POINTS - 1) / _TABLE_EDGE)
@@ -262,7 +262,7 @@ def s_shaped_upper_line(f: Callable[[Tensor], Tensor], df: Callable[[Tensor], Te
       above f on the concave part [0, u] as any tangent there, and above f on [l, 0] because it is
       above both ends of that convex piece. Any d in [0, u] keeps this true once the line is raised
       to pass above (l, f(l)), which is done: an inexact d costs tightness, never soundness.
-    Inputs in float64; intervals of (near) zero width take the derivative as the chord's slope.
+    Inputs in float64 (float32 on MPS); intervals of (near) zero width take the derivative as the chord's slope.
     """
     lower, upper = torch.minimum(lower, upper), torch.maximum(lower, upper)
     f_lower, f_upper = f(lower), f(upper)
@@ -326,7 +326,8 @@ def relaxation(act: nn.Module | None, lower: Tensor, upper: Tensor) -> tuple[Lin
         return (low_slope, zero), (up_slope, torch.where(cross, padded, up_intercept))
     if isinstance(act, (nn.Tanh, nn.Sigmoid)):
         dtype = lower.dtype
-        l64, u64 = lower.double(), upper.double()
+        wide = torch.float32 if lower.device.type == "mps" else torch.float64  # MPS has no float64
+        l64, u64 = lower.to(wide), upper.to(wide)
         # −f(−z) is tanh itself and σ − 1 for the sigmoid: the same lines, the intercept moved by
         # ``offset``. Both intervals go through one call (half the small operations).
         f, df, offset = (_tanh, _dtanh, 0.0) if isinstance(act, nn.Tanh) else (torch.sigmoid, _dsigmoid, 1.0)
@@ -365,7 +366,8 @@ def _spread(coef: Tensor, weight: Tensor, radius: Tensor) -> Tensor:
         part = coef[start : start + per_chunk]
         m = part.shape[0]
         product = torch.mm(part.reshape(m * rows, width), weight, out=buffer[: m * rows]).abs_()
-        out[start : start + m] = torch.bmm(product.view(m, rows, out_width), radius[start : start + m, :, None])[:, :, 0]
+        spread = torch.bmm(product.view(m, rows, out_width), radius[start : start + m, :, None])
+        out[start : start + m] = spread[:, :, 0]
     return out
 
 
@@ -580,18 +582,23 @@ class Certifier:
     radius_bisection_steps: int = 10
 
     def __post_init__(self) -> None:
-        self.epsilons = sorted({float(e) for e in self.epsilons})
         problems = []
+        values = [self.epsilons] if isinstance(self.epsilons, (int, float, str)) else self.epsilons
+        try:
+            self.epsilons = sorted({float(e) for e in values})
+            if not self.epsilons or not all(0 <= e <= 1 for e in self.epsilons):
+                problems.append(f"certify.epsilons must be non-empty and in [0, 1] (got {self.epsilons})")
+        except (TypeError, ValueError):
+            problems.append(f"certify.epsilons must be a list of numbers (got {self.epsilons!r})")
         if self.method not in METHODS:
             problems.append(f"certify.method must be ibp or crown (got {self.method!r})")
-        if not self.epsilons or not all(0 <= e <= 1 for e in self.epsilons):
-            problems.append(f"certify.epsilons must be non-empty and in [0, 1] (got {self.epsilons})")
         if self.n_samples is not None and (not isinstance(self.n_samples, int) or self.n_samples < 1):
             problems.append(f"certify.n_samples must be null or an integer >= 1 (got {self.n_samples!r})")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             problems.append(f"certify.batch_size must be an integer >= 1 (got {self.batch_size!r})")
         if not isinstance(self.radius_bisection_steps, int) or self.radius_bisection_steps < 0:
-            problems.append(f"certify.radius_bisection_steps must be an integer >= 0 (got {self.radius_bisection_steps!r})")
+            problems.append("certify.radius_bisection_steps must be an integer >= 0 "
+                            f"(got {self.radius_bisection_steps!r})")
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
 
