@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -46,17 +47,18 @@ def restore_hydra_record(run_dir: Path, metrics: dict[str, Any]) -> None:
         io.write_text(record / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(metrics["config"])))
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as dotted keys (``trainer.lr``) and its leaf values (lists stay one value)."""
+    if isinstance(node, Mapping):
         out: dict[str, Any] = {}
         for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: node}
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten(saved), flatten(current)
     keys = sorted(k for k in (set(a) | set(b)) - set(IGNORED) if k.split(".", 1)[0] not in IGNORED_NODES)
     return [f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k)]
 

@@ -268,9 +268,7 @@ def run_scalars(metrics: Mapping[str, Any], table: pd.DataFrame, per_epsilon: bo
 
 def flat_config(node: Any, prefix: str = "") -> dict[str, str]:
     """A nested config as dotted keys and text values (lists stay one value: ``[0.05, 0.1]``)."""
-    if isinstance(node, Mapping):
-        out: dict[str, str] = {}
-        for key, value in node.items():
-            out.update(flat_config(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: "null" if node is None else json.dumps(node) if isinstance(node, list) else str(node)}
+    from isorobust.sweeps.resume import flatten
+
+    return {key: "null" if value is None else json.dumps(value) if isinstance(value, list) else str(value)
+            for key, value in flatten(node, prefix).items()}
