@@ -24,6 +24,8 @@ commands:
   train     train -> evaluate -> attack one configuration (Hydra app; -m for sweeps)
   attack    re-attack a saved run: isorobust attack run=<run dir> [attack=pgd] [eval.epsilons=[...]]
   check     gradient-masking sanity checks of a saved run: isorobust check run=<run dir>
+  certify   certified bounds of a saved run: isorobust certify run=<run dir> [certify=ibp]
+            (writes <run dir>/certify/certified.csv, which sweep summaries and reports pick up)
   report    aggregate the runs below a folder: isorobust report outputs/multirun/<date>/<time>
             or several sweeps into one study: isorobust report SWEEP1 SWEEP2 --out docs/results/mnist.md
             or a sensitivity study: isorobust report --sensitivity REFERENCE Q1 Q2 ... --out FILE.md
@@ -55,6 +57,22 @@ def check_group_overrides(args: list[str]) -> None:
         for name in names:
             if name not in known:
                 fail(f"unknown {group} {name!r} (choose from: {', '.join(known)})")
+
+
+def check_saved_run(command: str, args: list[str]) -> None:
+    """``isorobust certify`` writes beside the run (``<run>/certify``): a wrong ``run=`` must fail before
+    Hydra creates that folder inside a path that is not a run."""
+    if command != "certify":
+        return
+    if not any(arg.startswith(("run=", "-")) for arg in args):  # -h, --cfg, -m ... are Hydra's to answer
+        fail("isorobust certify needs run=<run dir> (a folder `isorobust train` wrote)")
+    for arg in args:
+        if arg in ("certify=null", "certify=[]"):
+            fail(f"{arg}: isorobust certify needs a method (certify=crown or certify=ibp)")
+        if arg.startswith("run=") and "," not in arg:
+            run = Path(arg[len("run="):]).expanduser()
+            if not (run / ".hydra" / "config.yaml").is_file():
+                fail(f"{run} is not an isorobust run directory (no .hydra/config.yaml)")
 
 
 OPTUNA = "hydra/sweeper=optuna"
@@ -106,7 +124,7 @@ def hydra_app(config_name: str, job: Callable[[Any, Path], Any]) -> Callable[[],
     return app
 
 
-COMMANDS = ("train", "attack", "check", "report")
+COMMANDS = ("train", "attack", "check", "certify", "report")
 
 
 def pipeline_job(name: str) -> Callable[[Any, Path], Any]:
@@ -189,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
 
     register_resolvers()
     check_group_overrides(rest)
+    check_saved_run(command, rest)
     rest = optuna_arguments(rest)
     signal.signal(signal.SIGTERM, _terminate)
     sys.argv = [f"isorobust-{command}", *rest]

@@ -54,8 +54,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("certify.n_samples", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
      "null or an integer >= 1"),
     ("certify.batch_size", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
-    ("certify.radius_bisection_steps", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-     "an integer >= 0"),
+    ("certify.radius_tolerance", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+     "null or a number in (0, 1)"),
 ]
 
 

@@ -108,8 +108,8 @@ def write_tables(run_dir: Path, table: pd.DataFrame, attacks: Mapping[str, Attac
     return markdown
 
 
-def certify(certifier: Certifier, model: Any, test: Any,
-            meta: Mapping[str, Any]) -> tuple[CertifyResult, pd.DataFrame]:
+def certify_split(certifier: Certifier, model: Any, test: Any,
+                  meta: Mapping[str, Any]) -> tuple[CertifyResult, pd.DataFrame]:
     """Certified accuracy of ``model`` on the test split (``certify`` group) and certified.csv's rows."""
     result = certifier.run(model, test.x, test.y)
     log.info("certified (%s): %s; median radius %s", result.method,
@@ -173,7 +173,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         model, data.test, attacks, epsilons, cfg.eval.n_samples, cfg.eval.batch_size, cfg.seed, run_meta(cfg)
     )
     attack_s = time.perf_counter() - t0
-    certified = certify(certifier, model, data.test, run_meta(cfg)) if certifier is not None else None
+    certified = certify_split(certifier, model, data.test, run_meta(cfg)) if certifier is not None else None
     markdown = write_tables(run_dir, table, attacks, certified)
     t0 = time.perf_counter()
     checks = sanity_checks(cfg, model, data, table, attacks, run_dir)
@@ -297,7 +297,7 @@ def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
         model, data.test, attacks, sorted_epsilons(merged.eval.epsilons), merged.eval.n_samples,
         merged.eval.batch_size, merged.seed, run_meta(merged),
     )
-    certified = certify(certifier, model, data.test, run_meta(merged)) if certifier is not None else None
+    certified = certify_split(certifier, model, data.test, run_meta(merged)) if certifier is not None else None
     markdown = write_tables(out_dir, table, attacks, certified)
     io.write_json(out_dir / "attack.json", {
         "run": str(run_dir.resolve()),
@@ -309,6 +309,37 @@ def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     })
     print(markdown, flush=True)
     return table
+
+
+def certify(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
+    """The ``isorobust certify`` job: certified bounds of the model saved in ``cfg.run``, nothing else.
+
+    Writes certified.csv and certify.json (the summary with the median radius) to this command's directory,
+    by default ``<run>/certify/``, where sweep summaries and study reports find it for runs trained without
+    ``certify=``.
+    """
+    run_dir, run_cfg, model = load_run(cfg.run)
+    merged = OmegaConf.merge(run_cfg, {"device": cfg.device})
+    merged.certify = cfg.certify
+    validate(merged)
+    apply_threads(cfg.get("threads"))
+    device = resolve_device(merged.device)
+    certifier = build_certifier(merged.certify)
+    if certifier is None:
+        raise ConfigError("certify=null: choose certify=crown or certify=ibp")
+    certifier.layers(model)
+    data = instantiate(merged.dataset).to(device)
+    result, frame = certify_split(certifier, model.to(device), data.test, run_meta(merged))
+    io.write_csv(out_dir / "certified.csv", frame)
+    io.write_json(out_dir / "certify.json", {
+        "run": str(run_dir.resolve()),
+        "certify": result.summary(),
+        "seconds": result.seconds,
+        "environment": environment(device),
+    })
+    shown = frame[["method", "epsilon", "n_samples", "clean_accuracy", "certified_accuracy"]]
+    print(shown.to_string(index=False) + f"\nmedian certified radius: {result.median_radius}", flush=True)
+    return frame
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from torch import nn
 
 from isorobust.errors import ConfigError
 from isorobust.evaluation.certify import (
-    CERTIFIED_COLUMNS, Certifier, certifiable_layers, certified_mask, certify_grid, crown_margin_bounds,
-    ibp_layer, ibp_margin_bounds, input_box, relaxation,
+    CERTIFIED_COLUMNS, Certifier, certifiable_layers, certified_mask, certify_grid, clean_predictions,
+    crown_margin_bounds, ibp_layer, ibp_margin_bounds, input_box, min_margin_bounds, relaxation,
 )
 from isorobust.evaluation.robustness import TABLE_COLUMNS
 from isorobust.models import CNN, MLP, HierarchicalMLP
@@ -239,7 +239,7 @@ def trained_tiny():
 def test_zero_radius_certifies_exactly_the_correct_samples_and_accuracy_falls_with_epsilon(method):
     model, x, y = trained_tiny()
     grid = [0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
-    result = Certifier(method=method, epsilons=grid, batch_size=64, radius_bisection_steps=0).run(model, x, y)
+    result = Certifier(method=method, epsilons=grid, batch_size=64, radius_tolerance=None).run(model, x, y)
     with torch.no_grad():
         correct = model(x).argmax(dim=1) == y
     assert 10 < (~correct).sum() < 100  # the property is tested on both kinds of samples
@@ -247,12 +247,19 @@ def test_zero_radius_certifies_exactly_the_correct_samples_and_accuracy_falls_wi
     accuracy = result.certified_accuracy()
     assert accuracy == sorted(accuracy, reverse=True) and accuracy[0] > accuracy[-1]
     assert (result.certified[1:] <= result.certified[:-1]).all()  # per sample, not only on average
-    # the reported masks are the bound itself wherever the bound is monotone (always for IBP)
+    # The search's masks against the bound at every radius: every reported proof exists at that radius or a
+    # larger one, and where a sample's bound is monotone in ε (always for IBP) the masks are the bound itself.
     layers = certifiable_layers(model)
     raw = torch.stack([certified_mask(layers, x, y, correct, eps, method) for eps in grid])
+    closure = raw.flip(0).cummax(dim=0).values.flip(0)
+    assert (result.certified <= closure).all()
+    monotone = (closure == raw).all(dim=0)
+    assert monotone.float().mean() > 0.9
+    assert torch.equal(result.certified[:, monotone], raw[:, monotone])
     if method == "ibp":
-        assert torch.equal(raw, result.certified)
-    assert (raw <= result.certified).all()  # monotone closure only ever adds proofs from larger balls
+        assert monotone.all()
+    # a binary search: at most ceil(log2(E + 1)) bounds per sample, not E
+    assert 0 < result.evaluations <= x.shape[0] * math.ceil(math.log2(len(grid) + 1))
 
 
 def test_ibp_margin_bounds_shrink_as_the_ball_grows():
@@ -264,22 +271,23 @@ def test_ibp_margin_bounds_shrink_as_the_ball_grows():
 
 
 @pytest.mark.parametrize("method", ["ibp", "crown"])
-def test_the_bisected_radius_is_certified_and_just_above_it_is_not(method):
+def test_the_searched_radius_is_certified_and_its_bound_is_not_within_the_tolerance(method):
     model, x, y = trained_tiny()
-    steps, grid = 12, [0.01, 0.03, 0.1]
-    result = Certifier(method=method, epsilons=grid, batch_size=64, radius_bisection_steps=steps).run(model, x, y)
+    tolerance, grid = 0.01, [0.01, 0.03, 0.1]
+    result = Certifier(method=method, epsilons=grid, batch_size=64, radius_tolerance=tolerance).run(model, x, y)
     layers = certifiable_layers(model)
     radius, bound, correct = result.radius, result.radius_bound, result.correct
     assert (radius[~correct] == 0).all() and (radius <= max(grid)).all()
     searched = correct & (radius < max(grid))
     assert searched.sum() > 10 and (radius[correct] > 0).sum() > 10
-    brackets = torch.tensor([grid[0], *(b - a for a, b in zip(grid, grid[1:]))]).max()
-    assert ((bound - radius)[searched] <= brackets / 2**steps + 1e-7).all()  # + float32 rounding
+    assert (bound[searched] > radius[searched]).all()
+    floor = 0.01 * min(grid)
+    assert ((bound - radius)[searched] <= tolerance * bound[searched].clamp(min=floor) + 1e-7).all()
     positive = correct & (radius > 0)
     assert certified_mask(layers, x[positive], y[positive], correct[positive], radius[positive], method).all()
     assert not certified_mask(layers, x[searched], y[searched], correct[searched], bound[searched], method).any()
-    if method == "ibp":  # monotone: nothing above the radius + the resolution is certified either
-        above = radius[searched] + brackets / 2**steps + 1e-6
+    if method == "ibp":  # monotone: nothing from the bound up is certified either
+        above = torch.minimum(bound[searched] * 1.5, torch.tensor(max(grid), dtype=bound.dtype))
         assert not certified_mask(layers, x[searched], y[searched], correct[searched], above, method).any()
     # the per-sample radius agrees with the grid: certified at ε exactly when the radius reaches ε
     for eps, mask in zip(grid, result.certified):
@@ -287,6 +295,36 @@ def test_the_bisected_radius_is_certified_and_just_above_it_is_not(method):
     ordered = radius.double().sort().values
     middle = ordered[(len(ordered) - 1) // 2 : len(ordered) // 2 + 1].mean()  # the mean of the middle pair
     assert result.median_radius == pytest.approx(float(middle))
+    summary = result.summary()
+    assert 0 < summary["radius_resolution"] <= tolerance + 1e-6 and summary["radius_tolerance"] == tolerance
+
+
+def test_the_radius_search_needs_fewer_bounds_than_bisection_to_the_same_tolerance():
+    """Regula falsi (Illinois) on the margin bound: the cost that lets the radii run on all 10000 images."""
+    model, x, y = trained_tiny()
+    tolerance, grid = 0.01, [0.01, 0.03, 0.1]
+    with_radii = Certifier(method="crown", epsilons=grid, radius_tolerance=tolerance).run(model, x, y)
+    grid_only = Certifier(method="crown", epsilons=grid, radius_tolerance=None).run(model, x, y)
+    searched = (with_radii.correct & (with_radii.radius < max(grid))).sum().item()
+    # bisection halves each bracket (ratio up to 3 here) until it is within 1 %: >= 6 halvings per sample
+    assert with_radii.evaluations - grid_only.evaluations < 5 * searched
+
+
+def test_min_margin_bounds_do_not_depend_on_the_batching_or_leave_the_thread_count_changed():
+    model, x, y = trained_tiny()
+    model, x = model.double(), x.double()
+    layers = certifiable_layers(model)
+    index = torch.arange(x.shape[0] - 1, -1, -3)  # a subset in reverse order
+    eps = torch.linspace(0.001, 0.05, index.numel(), dtype=x.dtype)
+    threads = torch.get_num_threads()
+    one = min_margin_bounds(layers, x, y, index, eps, "crown", batch_size=5)
+    assert torch.get_num_threads() == threads
+    each = torch.stack([margin_bound(layers, x[i : i + 1], y[i : i + 1], e) for i, e in zip(index, eps)])
+    torch.testing.assert_close(one, each, rtol=0, atol=1e-9)
+
+
+def margin_bound(layers, x, y, eps):
+    return crown_margin_bounds(layers, x, y, float(eps)).min()
 
 
 def test_crown_tightens_the_cnn_after_its_ibp_front_end_and_says_so():
@@ -294,9 +332,9 @@ def test_crown_tightens_the_cnn_after_its_ibp_front_end_and_says_so():
     x = torch.rand((6, *shape), dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         y = model(x).argmax(dim=1)
-    result = Certifier(method="crown", epsilons=[0.01], radius_bisection_steps=0).run(model, x, y)
+    result = Certifier(method="crown", epsilons=[0.01], radius_tolerance=None).run(model, x, y)
     assert result.method == "crown (ibp through conv/max-pool)"
-    assert Certifier(method="crown", epsilons=[0.01], radius_bisection_steps=0).run(
+    assert Certifier(method="crown", epsilons=[0.01], radius_tolerance=None).run(
         tiny_networks()["mlp_tanh"][0], torch.rand(2, 6, dtype=torch.float64), torch.zeros(2, dtype=torch.long)
     ).method == "crown"
     layers = certifiable_layers(model)
@@ -319,13 +357,13 @@ def test_certify_grid_matches_the_batched_margins_on_gpu_if_there_is_one():
     model, x = model.double(), x.double()  # float64: a different summation order flips no bound
     layers = certifiable_layers(model)
     with torch.no_grad():
-        correct = model(x).argmax(dim=1) == y
-    one = certify_grid(layers, x, y, correct, [0.01, 0.05], "crown", batch_size=7)
-    all_at_once = certify_grid(layers, x, y, correct, [0.01, 0.05], "crown", batch_size=1000)
-    assert torch.equal(one, all_at_once)
+        correct, margins = clean_predictions(model, x, y, batch_size=1000)
+    one = certify_grid(layers, x, y, correct, margins, [0.01, 0.05], "crown", batch_size=7).certified
+    all_at_once = certify_grid(layers, x, y, correct, margins, [0.01, 0.05], "crown", batch_size=1000).certified
+    assert torch.equal(one, all_at_once) and one.any() and not one.all()
     if torch.cuda.is_available():
-        cuda = certify_grid(certifiable_layers(model.cuda()), x.cuda(), y.cuda(), correct.cuda(), [0.01, 0.05],
-                            "crown", batch_size=64)
+        cuda = certify_grid(certifiable_layers(model.cuda()), x.cuda(), y.cuda(), correct.cuda(), margins.cuda(),
+                            [0.01, 0.05], "crown", batch_size=64).certified
         assert torch.equal(cuda.cpu(), one)
 
 
@@ -407,7 +445,7 @@ QUICK = ["dataset.train_size=200", "dataset.test_size=100", "trainer.epochs=1", 
 
 @pytest.mark.parametrize("overrides,needle", [
     (["certify=crown", "certify.epsilons=[0.01,1.5]"], "certify.epsilons"),
-    (["certify=crown", "certify.radius_bisection_steps=-1"], "certify.radius_bisection_steps"),
+    (["certify=crown", "certify.radius_tolerance=2"], "certify.radius_tolerance"),
     (["certify=ibp", "certify.batch_size=0"], "certify.batch_size"),
     (["certify=crown", "certify.n_samples=0"], "certify.n_samples"),
     (["certify=crown", "certify.method=lp"], "certify.method must be ibp or crown"),
@@ -469,7 +507,7 @@ def test_the_attack_command_certifies_a_saved_run_when_asked(certified_run):
     work, run_dir, _ = certified_run
     out = work / "reattack"
     proc = run_cli("attack", f"run={run_dir}", "attack=fgsm", "certify=ibp", "certify.n_samples=50",
-                   "certify.radius_bisection_steps=0", f"hydra.run.dir={out}", cwd=work)
+                   "certify.radius_tolerance=null", f"hydra.run.dir={out}", cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = pd.read_csv(out / "certified.csv")
     assert (table["method"] == "ibp").all() and (table["n_samples"] == 50).all()
@@ -495,13 +533,12 @@ def test_no_certified_sample_is_broken_by_any_attack_of_the_run(certified_run):
     model = io.load_model(run_dir / "model.pt").eval()
     data = load_mnist(root=cfg.dataset.root, download=False, test_size=200)
     x, y = data.test.x, data.test.y
-    grid = [0.003, 0.01, 0.03, 0.05]
-    result = Certifier(method="crown", epsilons=grid, radius_bisection_steps=0).run(model, x, y)
-    written = pd.read_csv(run_dir / "certified.csv").set_index("epsilon")["certified_accuracy"]
-    for eps, acc in zip(grid, result.certified_accuracy()):  # the run's numbers, recomputed
-        if eps in written.index:
-            assert acc == pytest.approx(written[eps], abs=1e-6)
-    certified = dict(zip(grid, result.certified))
+    written = pd.read_csv(run_dir / "certified.csv")
+    result = Certifier(method="crown", epsilons=written["epsilon"].tolist(), radius_tolerance=None).run(model, x, y)
+    for acc, expected in zip(result.certified_accuracy(), written["certified_accuracy"]):  # the run's, recomputed
+        assert acc == pytest.approx(expected, abs=1e-6)
+    result = Certifier(method="crown", epsilons=E2E_EPSILONS, radius_tolerance=None).run(model, x, y)
+    certified = dict(zip(E2E_EPSILONS, result.certified))
     assert certified[0.01].sum() > 50
     for name, attack in build_attacks(cfg.attack).items():
         _, masks = robust_masks(model, attack, x, y, E2E_EPSILONS, 200, int(cfg.seed))

@@ -133,9 +133,11 @@ def load_run(run: Path, root: Path) -> pd.DataFrame:
 def with_certified(run: Path, table: pd.DataFrame) -> pd.DataFrame:
     """robustness.csv's rows plus, where the run certified (certified.csv), one row per ε with attack
     ``certified_<method>`` and the certified accuracy as ``robust_accuracy``: every statistic over
-    seeds and every paired difference then covers the lower bounds as it covers the attacks."""
-    path = run / CERTIFIED_FILE
-    if not path.is_file():
+    seeds and every paired difference then covers the lower bounds as it covers the attacks. A run trained
+    without ``certify=`` may have been certified afterwards (``isorobust certify run=DIR``): its
+    ``certify/certified.csv`` counts then; the run's own table comes first."""
+    path = next((p for p in (run / CERTIFIED_FILE, run / "certify" / CERTIFIED_FILE) if p.is_file()), None)
+    if path is None:
         return table
     try:
         certified = pd.read_csv(path)
