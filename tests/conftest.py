@@ -74,6 +74,18 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) 
     )
 
 
+def finished_run(tmp_path_factory, name: str, *args: str, sweep: bool = False,
+                 cli=None) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """``isorobust train [-m] ARGS`` into ``<fresh folder>/run`` (``/sweep`` with ``sweep=True``), run from
+    that folder; fails the test with stderr's tail unless it exits 0. (work, run or sweep dir, process)."""
+    work = tmp_path_factory.mktemp(name)
+    out = work / ("sweep" if sweep else "run")
+    where = f"hydra.sweep.dir={out}" if sweep else f"hydra.run.dir={out}"
+    proc = (cli or run_cli)("train", *(["-m"] if sweep else []), *args, where, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work, out, proc
+
+
 def brightest_row_data(n: int = 300):
     """Images of 1×4×5 pixels whose class is the brightest row: 4 classes (targeted DLR needs >= 4)."""
     import torch

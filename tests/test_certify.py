@@ -20,7 +20,7 @@ from isorobust.evaluation.certify import (
 )
 from isorobust.evaluation.robustness import TABLE_COLUMNS
 from isorobust.models import CNN, MLP, HierarchicalMLP
-from tests.conftest import brightest_row_data, fit_tiny_mlp, requires_mnist, run_cli
+from tests.conftest import brightest_row_data, finished_run, fit_tiny_mlp, requires_mnist, run_cli
 from tests.test_cli import assert_one_line_error
 
 EPSILONS = (0.02, 0.1, 0.3)
@@ -371,27 +371,37 @@ def test_certify_grid_matches_the_batched_margins_on_gpu_if_there_is_one():
 # Sweeps: certified accuracy gets the attacks' statistics over seeds
 
 CERTIFIED = {(0.0, 0): 0.40, (0.0, 1): 0.50, (0.0, 2): 0.60, (1.0, 0): 0.45, (1.0, 1): 0.53, (1.0, 2): 0.64}
+RADIUS = {(0.0, 0): 0.0150, (0.0, 1): 0.0160, (0.0, 2): 0.0170, (1.0, 0): 0.0160, (1.0, 1): 0.0140, (1.0, 2): 0.0175}
 
 
-def make_run(run: Path, weight: float, seed: int, certified: bool) -> None:
+def make_run(run: Path, weight: float, seed: int, certified: bool | str) -> None:
+    """A finished run; ``certified``: True (trained with certify=crown), "after" (certified afterwards by
+    ``isorobust certify``: certify/certified.csv and certify.json) or False."""
     (run / ".hydra").mkdir(parents=True)
-    overrides = ["+reg=isometric", f"reg.weight={weight:g}", f"seed={seed}", *(["certify=crown"] if certified else [])]
+    own = certified is True
+    overrides = ["+reg=isometric", f"reg.weight={weight:g}", f"seed={seed}", *(["certify=crown"] if own else [])]
     (run / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
     (run / ".hydra" / "config.yaml").write_text("seed: 0\n")
     rows = [dict(zip(TABLE_COLUMNS, ["mnist", "mlp", "isometric", weight, 10.0, seed, attack, "linf", 0.03, 100,
                                      0.97, CERTIFIED[(weight, seed)] + 0.2])) for attack in ("pgd", "worst_case")]
     pd.DataFrame(rows).to_csv(run / "robustness.csv", index=False)
+    summary = {"method": "crown", "n_samples": 50, "median_radius": RADIUS[(weight, seed)], "radius_max": 0.05}
     if certified:
+        folder = run if own else run / "certify"
+        (folder / ".hydra").mkdir(parents=True, exist_ok=True)
         cert = [dict(zip(CERTIFIED_COLUMNS, ["mnist", "mlp", "isometric", weight, 10.0, seed, "crown", eps, 50,
                                              0.97, CERTIFIED[(weight, seed)] - shift]))
                 for eps, shift in ((0.01, 0.0), (0.03, 0.1))]
-        pd.DataFrame(cert).to_csv(run / "certified.csv", index=False)
+        pd.DataFrame(cert).to_csv(folder / "certified.csv", index=False)
+        if not own:  # what `isorobust certify` leaves: its own Hydra record (job name certify) and certify.json
+            (folder / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    name: certify\n")
+            (folder / "certify.json").write_text(json.dumps({"run": str(run), "certify": summary}))
     (run / "metrics.json").write_text(json.dumps({
-        "clean_accuracy": 0.97, "seconds": {"total": 1.0},
+        "clean_accuracy": 0.97, "seconds": {"total": 1.0}, **({"certify": summary} if own else {}),
         "environment": {"machine": "x86_64", "torch": "2.x", "device": "cpu", "threads": 1}}))
 
 
-def make_sweep(folder: Path, certified: bool) -> Path:
+def make_sweep(folder: Path, certified: bool | str) -> Path:
     for job, (weight, seed) in enumerate(sorted(CERTIFIED)):
         make_run(folder / str(job), weight, seed, certified)
     (folder / "multirun.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(
@@ -429,12 +439,40 @@ def test_summaries_give_certified_accuracy_the_same_statistics_and_leave_other_r
 
     for title in ("Clean accuracy", "pgd", "worst_case"):  # the attacks' tables are the plain sweep's
         assert section(report.markdown, title) == section(plain, title)
+    radius = section(report.markdown, "Median certified radius")
+    assert "0.0160 ± 0.0010 [" in radius and "(3)" in radius  # β=0: 0.015, 0.016, 0.017
     study = write_study([with_cert], tmp_path / "docs" / "study.md").markdown
     certified = section(study, "Certified accuracy (lower bounds)")
     assert "β=1" in certified and "+4.0 [" in certified and "(reference)" in certified
     assert "ε=0.01" in certified and "ε=0.03" in certified
+    assert "median radius" in certified and "0.0158 ± 0.0018" in certified  # β=1: 0.016, 0.014, 0.0175
+    # generated: both radii +4.0 points beyond noise; the radius +0.0005 [..] is not
+    assert "of 3 paired comparisons" in certified and "2 are above it beyond seed noise" in certified
+    assert "median radius (+" not in certified.split("In words")[1]
+    # lower and upper bound side by side where both ran (ε=0.03): β=0 certified 40 %, worst case 70 %
+    assert "certified on 50 test images, attacked on 100" in certified and "40.0–70.0 (30.0)" in certified
+    assert "at ε=0.03, in points: β=0 30.0, β=1 30.0." in certified
     assert section(study, "Headline").count("worst ε=") == 1  # the headline keeps the attacks' radii
     assert "Certified accuracy" not in write_study([without], tmp_path / "docs" / "plain.md").markdown
+
+
+def test_runs_certified_afterwards_count_like_runs_certified_in_training(tmp_path):
+    """`isorobust certify run=DIR` writes DIR/certify/: summaries read it as the run's own certified.csv,
+    and its folder (a Hydra job named certify) is not taken for a training run."""
+    from isorobust.sweeps.aggregate import find_runs, summary_frame
+    from isorobust.sweeps.report import write_report
+
+    own, after = make_sweep(tmp_path / "own", True), make_sweep(tmp_path / "after", "after")
+    runs = find_runs(after)
+    assert len(runs) == 6 and all(r.path.name != "certify" for r in runs)
+    columns = ["run", "reg_weight", "seed", "attack", "epsilon", "n_samples", "robust_accuracy"]
+    first, second = summary_frame(find_runs(own), own), summary_frame(runs, after)
+    pd.testing.assert_frame_equal(first[columns], second[columns])
+    assert "## Median certified radius" in write_report(after).markdown
+    from isorobust.sweeps.study import write_study
+
+    study = write_study([after], tmp_path / "docs" / "after.md").markdown
+    assert "Certified during training in 0 runs and afterwards by `isorobust certify run=DIR` in 6" in study
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -460,6 +498,18 @@ def test_bad_certify_values_give_one_line_and_exit_status_2(tmp_path, overrides,
     assert not (run_dir / "certified.csv").exists()
 
 
+def test_the_certify_command_refuses_a_wrong_run_before_creating_anything(tmp_path):
+    nowhere = tmp_path / "nowhere"
+    proc = run_cli("certify", f"run={nowhere}", cwd=tmp_path)
+    assert proc.returncode == 2 and "is not an isorobust run directory" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not nowhere.exists()  # no <run>/certify made in it
+    proc = run_cli("certify", cwd=tmp_path)
+    assert proc.returncode == 2 and "needs run=<run dir>" in proc.stderr
+    proc = run_cli("certify", "certify=null", f"run={nowhere}", cwd=tmp_path)
+    assert proc.returncode == 2 and "needs a method" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------------------
 # End to end on real MNIST
 
@@ -471,11 +521,7 @@ E2E = ["+reg=isometric", "certify=crown", "dataset.train_size=3000", "dataset.te
 
 @pytest.fixture(scope="module")
 def certified_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("certify")
-    run_dir = work / "run"
-    proc = run_cli("train", *E2E, f"hydra.run.dir={run_dir}", cwd=work)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return work, run_dir, proc
+    return finished_run(tmp_path_factory, "certify", *E2E)
 
 
 @requires_mnist
@@ -518,6 +564,24 @@ def test_the_attack_command_certifies_a_saved_run_when_asked(certified_run):
     proc = run_cli("attack", f"run={run_dir}", "attack=fgsm", f"hydra.run.dir={plain}", cwd=work)
     assert proc.returncode == 0 and not (plain / "certified.csv").exists()
     assert "certify" not in json.loads((plain / "attack.json").read_text())
+
+
+@requires_mnist
+@pytest.mark.e2e
+def test_the_certify_command_writes_beside_the_run_and_repeats_the_runs_numbers(certified_run):
+    work, run_dir, _ = certified_run
+    proc = run_cli("certify", f"run={run_dir}", "certify.epsilons=[0.003,0.01,0.03]", "certify.n_samples=200",
+                   cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again, own = pd.read_csv(run_dir / "certify" / "certified.csv"), pd.read_csv(run_dir / "certified.csv")
+    pd.testing.assert_frame_equal(again, own)  # same model, same settings: the same table
+    record = json.loads((run_dir / "certify" / "certify.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert record["certify"]["median_radius"] == pytest.approx(metrics["certify"]["median_radius"], abs=1e-7)
+    assert record["run"] == str(run_dir.resolve()) and "median certified radius" in proc.stdout
+    from isorobust.sweeps.aggregate import find_runs
+
+    assert [r.path for r in find_runs(run_dir)] == [run_dir]  # its folder is not a training run
 
 
 @requires_mnist

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from isorobust.evaluation.robustness import TABLE_COLUMNS
-from tests.conftest import requires_mnist, run_cli
+from tests.conftest import finished_run, requires_mnist, run_cli
 
 pytestmark = [pytest.mark.e2e, requires_mnist]
 
@@ -16,11 +16,7 @@ TRAIN = ["+reg=isometric", "dataset.train_size=6000", "dataset.test_size=1000", 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("e2e")
-    run_dir = work / "run"
-    proc = run_cli("train", *TRAIN, f"hydra.run.dir={run_dir}", cwd=work)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return work, run_dir, proc
+    return finished_run(tmp_path_factory, "e2e", *TRAIN)
 
 
 def test_run_directory_holds_every_result(trained_run):

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from isorobust.errors import ConfigError, IsorobustError
 from isorobust.sweeps.objective import PENALTY, check_objective, value_from
 from isorobust.tracking import install_command
-from tests.conftest import requires_extras, requires_mnist, run_cli_without
+from tests.conftest import finished_run, requires_extras, requires_mnist, run_cli_without
 
 TINY = ["dataset.train_size=300", "dataset.test_size=100", "trainer.epochs=1", "attack=fgsm",
         "eval.epsilons=[0.05,0.1]", "check.enabled=false", "threads=1"]
@@ -81,10 +81,7 @@ def test_objective_is_checked_against_the_attack_grids():
 
 @pytest.fixture(scope="module")
 def search(tmp_path_factory):
-    work = tmp_path_factory.mktemp("optuna")
-    sweep_dir = work / "sweep"
-    proc = cli("train", "-m", *SEARCH, f"hydra.sweep.dir={sweep_dir}", cwd=work)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, sweep_dir, proc = finished_run(tmp_path_factory, "optuna", *SEARCH, sweep=True, cli=cli)
     return sweep_dir, proc
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from isorobust.sweeps.report import REPORT_FILES
 from isorobust.sweeps.threads import available_cores
-from tests.conftest import requires_mnist, run_cli
+from tests.conftest import finished_run, requires_mnist, run_cli
 
 pytestmark = [pytest.mark.e2e, requires_mnist]
 
@@ -37,11 +37,7 @@ def assert_sweep_summary(sweep_dir, n_jobs: int) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    work = tmp_path_factory.mktemp("sweep")
-    sweep_dir = work / "sweep"
-    proc = run_cli("train", "-m", *SWEEP, f"hydra.sweep.dir={sweep_dir}", cwd=work)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return work, sweep_dir, proc
+    return finished_run(tmp_path_factory, "sweep", *SWEEP, sweep=True)
 
 
 def test_sweep_writes_summary_table_and_figure(sweep):

@@ -59,6 +59,21 @@ def test_epsilon_names_read_and_sort_as_numbers():
     assert [epsilon_step(e) for e in grid] == [10, 17, 50, 100, 359, 1000]
 
 
+def test_a_certification_becomes_metrics_beside_the_attacks():
+    from isorobust.tracking import run_scalars
+
+    metrics = {"clean_accuracy": 0.9, "certify": {"method": "crown (ibp through conv/max-pool)",
+                                                  "epsilons": [0.001, 0.01], "certified_accuracy": [0.8, 0.5],
+                                                  "median_radius": 0.012}}
+    table = pd.DataFrame({"attack": ["fgsm"], "epsilon": [0.1], "robust_accuracy": [0.3]})
+    scalars = {(s.key, s.step): s.value for s in run_scalars(metrics, table, per_epsilon=True)}
+    assert scalars[("certified/crown/eps_0.001", 0)] == 0.8 and scalars[("certified/crown/eps_0.01", 0)] == 0.5
+    assert scalars[("certified_curve/crown", 1)] == 0.8 and scalars[("certified_curve/crown", 10)] == 0.5
+    assert scalars[("certified/crown/median_radius", 0)] == 0.012
+    plain = {s.key for s in run_scalars({"clean_accuracy": 0.9}, table, per_epsilon=False)}
+    assert not any(k.startswith("certified") for k in plain) and "robust_curve/fgsm" in plain
+
+
 def test_flat_config_keeps_lists_as_one_value():
     flat = flat_config({"a": {"b": 1, "c": [0.05, 0.1], "d": None}, "e": "x"})
     assert flat == {"a.b": "1", "a.c": "[0.05, 0.1]", "a.d": "null", "e": "x"}

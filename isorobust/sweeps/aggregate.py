@@ -7,6 +7,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -153,6 +154,63 @@ def with_certified(run: Path, table: pd.DataFrame) -> pd.DataFrame:
     if LEVEL in table.columns:  # hierarchical: the certified classifier is the finest level's
         rows[LEVEL] = table[LEVEL].max()
     return pd.concat([table, rows[[c for c in table.columns if c in rows.columns]]], ignore_index=True)
+
+
+def certify_summary(run: Path) -> dict[str, Any] | None:
+    """The summary of the certification whose table ``with_certified`` reads (the median radius lives
+    here): metrics.json["certify"] for a run trained with ``certify=``, else certify/certify.json."""
+    own = run / CERTIFIED_FILE
+    path, key = (run / "metrics.json", "certify") if own.is_file() else (run / "certify" / "certify.json", "certify")
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get(key)
+    except (OSError, ValueError) as exc:
+        raise IsorobustError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+
+
+def certify_provenance(summary: pd.DataFrame, root: Path) -> tuple[int, int, float | None]:
+    """(runs certified in training, runs certified afterwards, mean seconds of a certification) over the
+    runs of ``summary`` that have a certification."""
+    during = after = 0
+    seconds = []
+    for run in summary["run"].unique():
+        folder = root / run
+        if (folder / CERTIFIED_FILE).is_file():
+            during += 1
+            metrics = json.loads((folder / "metrics.json").read_text())
+            seconds.append((metrics.get("seconds") or {}).get("certify"))
+        elif (folder / "certify" / CERTIFIED_FILE).is_file():
+            after += 1
+            record = folder / "certify" / "certify.json"
+            seconds.append(json.loads(record.read_text()).get("seconds") if record.is_file() else None)
+    known = [float(v) for v in seconds if isinstance(v, (int, float))]
+    return during, after, (sum(known) / len(known) if known else None)
+
+
+def radius_frame(summary: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """One row per certified run with its median certified radius in ``robust_accuracy`` (attack
+    ``certified_<method>``, ε = the radius cap), so that aggregate_robustness and paired_differences give
+    it the statistics over seeds the accuracies get. Empty where no run has radii."""
+    rows = []
+    for run, table in summary.groupby("run", sort=False):
+        info = certify_summary(root / run)
+        if not info or info.get("median_radius") is None:
+            continue
+        first = table.iloc[0]
+        rows.append({"run": run, **{c: first[c] for c in (*CONFIG_COLUMNS, SETTING, "seed") if c in table.columns},
+                     "attack": CERTIFIED_PREFIX + str(info["method"]).split()[0], "norm": "linf",
+                     "n_samples": int(info["n_samples"]), "epsilon": float(info["radius_max"]),
+                     "robust_accuracy": float(info["median_radius"])})
+    return pd.DataFrame(rows)
+
+
+def radius_cell(mean: float, std: float, n: int) -> str:
+    """A radius (L∞, input units): mean ± sample std [95 % t-interval of the mean] (n)."""
+    if n > 1:
+        half = t_quantile(int(n)) * std / math.sqrt(n)
+        return f"{mean:.4f} ± {std:.4f} [{mean - half:.4f}, {mean + half:.4f}] ({n})"
+    return f"{mean:.4f} ({n})"
 
 
 def summary_frame(runs: list[RunDir], root: Path) -> pd.DataFrame:
@@ -347,6 +405,16 @@ def summary_markdown(summary: pd.DataFrame, runs: list[RunDir], root: Path,
                 else "robust accuracy")
         lines += ["", f"## {attack} ({norm}{level}): {what} on {n_samples} test samples", ""]
         lines += _table(["ε", *(label_of[c] for c in columns)], rows)
+    radii = radius_frame(summary, root)
+    if not radii.empty:
+        lines += ["", "## Median certified radius (L∞, input units; 0 for images not certified at all)", ""]
+        per_method = aggregate_robustness(radii)
+        columns = [c for c in label_of if c in {key(r) for _, r in per_method.iterrows()}]
+        rows = []
+        for method, part in per_method.groupby("attack", sort=True):
+            cells = {key(r): radius_cell(r["mean"], r["std"], r["n"]) for _, r in part.iterrows()}
+            rows.append([str(method), *(cells.get(c, "–") for c in columns)])
+        lines += _table(["method", *(label_of[c] for c in columns)], rows)
     paired = paired_differences(summary, reference)
     against = "β=0"
     if reference is not None and reference.any():

@@ -23,8 +23,8 @@ from isorobust.errors import IsorobustError
 from isorobust.evaluation.robustness import WORST_CASE
 from isorobust.sweeps.aggregate import (
     CERTIFIED_PREFIX, CONFIG_COLUMNS, SETTING, RunDir, _table, aggregate_clean, aggregate_isometry,
-    aggregate_robustness, configuration_labels, find_runs, isometry_frame, paired_differences, summary_frame,
-    summary_markdown,
+    aggregate_robustness, certify_provenance, configuration_labels, find_runs, isometry_frame, paired_differences,
+    radius_frame, summary_frame, summary_markdown,
 )
 from isorobust.sweeps.report import Report
 
@@ -186,38 +186,133 @@ def headline(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, st
     return table, sentences, conclusion(compared, inflation, labels, main or set(configs), reference_config)
 
 
-def certified_table(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, str]) -> list[str]:
-    """Certified accuracy (runs made with certify=crown|ibp) per configuration and radius, as the
-    headline shows the attacks: mean ± std over seeds and the paired difference to the reference
-    [95 % t-interval]. Empty where no run certified, so such reports stay as they were."""
+def certified_table(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, str],
+                    root: Path | None = None) -> list[str]:
+    """Certified accuracy (runs made with certify=crown|ibp, or certified afterwards by ``isorobust
+    certify``) per configuration and radius, as the headline shows the attacks: mean ± std over seeds and
+    the paired difference to the reference [95 % t-interval]; the median certified radius the same way;
+    and a generated sentence on whether any configuration is above the reference beyond seed noise.
+    Empty where no run certified, so such reports stay as they were."""
     rows_mask = summary["attack"].astype(str).str.startswith(CERTIFIED_PREFIX)
     if not rows_mask.any():
         return []
     certified = summary[rows_mask]
     robust, paired = aggregate_robustness(certified), paired_differences(certified, reference[rows_mask])
+    radii = radius_frame(summary, root) if root is not None else pd.DataFrame()
+    radius_robust = aggregate_robustness(radii) if not radii.empty else pd.DataFrame()
+    radius_paired = pd.DataFrame()
+    if not radii.empty:
+        radius_paired = paired_differences(radii, radii["run"].isin(set(summary.loc[reference, "run"])))
     configs = [tuple(r[KEY]) for _, r in aggregate_clean(summary).iterrows()]
     reference_config = tuple(summary[reference].iloc[0][KEY]) if reference.any() else None
+    against = labels.get(reference_config, "the reference")
     lines = ["## Certified accuracy (lower bounds)", "",
              "Share of test images proven robust in the whole L∞ ball (IBP or CROWN; see README, *Certified "
              "bounds*): a lower bound where the attacks give an upper one. Mean ± std over seeds; Δ = paired "
-             f"difference to {labels.get(reference_config, 'the reference')} (same seed) in points "
-             "[95 % t-interval], * where it excludes 0."]
+             f"difference to {against} (same seed) in points [95 % t-interval], * where it excludes 0. The "
+             "median certified radius is in input units (0 for an image not certified at any radius)."]
+    if root is not None:
+        during, after, seconds = certify_provenance(summary[rows_mask], root)
+        lines[-1] += (f" Certified during training in {during} runs and afterwards by `isorobust certify "
+                      f"run=DIR` in {after} (records in each run's certify/ folder)"
+                      + (f"; {seconds:.0f} s per run on average." if seconds is not None else "."))
+    sentences = []
     for method in sorted(certified["attack"].unique()):
         part = certified[certified["attack"] == method]
-        radii = [float(e) for e in sorted(part["epsilon"].unique())]
-        rows = []
+        eps_list = [float(e) for e in sorted(part["epsilon"].unique())]
+        has_radius = not radius_robust.empty and (radius_robust["attack"] == method).any()
+        up: list[str] = []
+        down: list[str] = []
+        rows, compared = [], []
+
+        def tally(d: pd.Series | None, what: str) -> None:
+            """Count one paired difference (not the reference's own) and name it if it excludes 0."""
+            if config == reference_config or d is None or d["n"] < 2:
+                return
+            compared.append(what)
+            if d["ci_low"] > 0 or d["ci_high"] < 0:
+                (up if d["ci_low"] > 0 else down).append(what)
+
         for config in configs:
             cells = []
-            for eps in radii:
+            for eps in eps_list:
                 cells.append(_pct(_value(robust, config, method, eps)))
-                cells.append("(reference)" if config == reference_config
-                             else _diff(_value(paired, config, method, eps)))
+                d = _value(paired, config, method, eps)
+                cells.append("(reference)" if config == reference_config else _diff(d))
+                tally(d, f"{labels[config]} at ε={eps:g} ({100 * d['mean']:+.1f})" if d is not None else "")
+            if has_radius:
+                r = _radius_value(radius_robust, config, method)
+                cells.append("–" if r is None else (f"{r['mean']:.4f} ± {r['std']:.4f}" if r["n"] > 1
+                                                    else f"{r['mean']:.4f}"))
+                d = _radius_value(radius_paired, config, method)
+                cells.append("(reference)" if config == reference_config else _radius_diff(d))
+                tally(d, f"{labels[config]} median radius ({d['mean']:+.4f})" if d is not None else "")
             if any(c != "–" for c in cells[::2]):
                 rows.append([labels[config], *cells])
-        header = ["configuration"] + [h for eps in radii for h in (f"ε={eps:g}", f"Δ ε={eps:g}")]
+        header = ["configuration"] + [h for eps in eps_list for h in (f"ε={eps:g}", f"Δ ε={eps:g}")]
+        header += ["median radius", "Δ median radius"] if has_radius else []
         n = ", ".join(str(v) for v in sorted(part["n_samples"].unique()))
         lines += ["", f"{method} ({n} test images):", "", *_table(header, rows, left=1)]
-    return lines + [""]
+        if compared:
+            text = (f"{method}: of {len(compared)} paired comparisons with {against} (certified accuracy at each radius"
+                    f"{' and the median radius' if has_radius else ''}), ")
+            text += (f"{len(up)} are above it beyond seed noise ({'; '.join(up)})" if up
+                     else "none is above it beyond seed noise")
+            text += (f" and {len(down)} below ({'; '.join(down)})." if down else ", and none below.")
+            text += (" No configuration raises certified accuracy or the certified radius." if not up else "")
+            sentences.append(text)
+        bracket, said = bracket_table(summary, certified, method, configs, labels)
+        lines += bracket
+        sentences += said
+    return lines + [""] + [f"In words (generated): {s}" for s in sentences] + ([""] if sentences else [])
+
+
+def bracket_table(summary: pd.DataFrame, certified: pd.DataFrame, method: str, configs: list[tuple],
+                  labels: dict[tuple, str]) -> tuple[list[str], list[str]]:
+    """Where the attacks ran at a radius the method certified too: the truth lies between the certified
+    accuracy (lower bound) and the worst-case attack (upper bound). One cell per configuration and such
+    radius, ``lower–upper (gap)``, means over seeds; and a sentence on the gaps."""
+    attacks = aggregate_robustness(summary[summary["attack"] == WORST_CASE])
+    robust = aggregate_robustness(certified[certified["attack"] == method])
+    radii = sorted({float(e) for e in robust["epsilon"]} & {float(e) for e in attacks["epsilon"]})
+    rows, gaps = [], {eps: [] for eps in radii}
+    for config in configs:
+        cells = []
+        for eps in radii:
+            low, high = _value(robust, config, method, eps), _value(attacks, config, WORST_CASE, eps)
+            if low is None or high is None:
+                cells.append("–")
+                continue
+            gap = 100 * (high["mean"] - low["mean"])
+            gaps[eps].append(f"{labels[config]} {gap:.1f}")
+            cells.append(f"{100 * low['mean']:.1f}–{100 * high['mean']:.1f} ({gap:.1f})")
+        if any(c != "–" for c in cells):
+            rows.append([labels[config], *cells])
+    if not rows:
+        return [], []
+    counts = (", ".join(str(n) for n in sorted(robust["n_samples"].unique())),
+              ", ".join(str(n) for n in sorted(attacks["n_samples"].unique())))
+    lines = ["", f"Bracket at the radii both ran: {method} certified accuracy – worst-case attack accuracy "
+             f"(gap), in %, means over seeds (certified on {counts[0]} test images, attacked on {counts[1]}); "
+             "the true robust accuracy lies in between.", "",
+             *_table(["configuration", *(f"ε={eps:g}" for eps in radii)], rows, left=1)]
+    said = [f"Gap between {method} and the worst-case attack at ε={eps:g}, in points: {', '.join(g)}."
+            for eps, g in gaps.items() if g]
+    return lines, said
+
+
+def _radius_value(frame: pd.DataFrame, config: tuple, method: str) -> pd.Series | None:
+    if frame.empty:
+        return None
+    part = _of(frame[frame["attack"] == method], config)
+    return part.iloc[0] if not part.empty else None
+
+
+def _radius_diff(row: pd.Series | None) -> str:
+    if row is None or row["n"] < 2:
+        return "–"
+    star = " *" if row["ci_low"] > 0 or row["ci_high"] < 0 else ""
+    return f"{row['mean']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]{star}"
 
 
 def autoattack_sentences(robust: pd.DataFrame, configs: list[tuple], radii: list[float],
@@ -346,7 +441,7 @@ def write_study(sweeps: list[str | Path], out: str | Path) -> Report:
                   f"({facts['job_minutes']:.1f} min of job time); {facts['device']} on {facts['machine']}, "
                   f"torch {facts['torch']}, torch threads per job {facts['threads']}.", ""]
     lines += ["## Conclusion (generated from the paired differences)", "", " ".join(concluded), "",
-              "## Headline", "", *table, "", *certified_table(summary, reference, labels),
+              "## Headline", "", *table, "", *certified_table(summary, reference, labels, root),
               "## What the numbers say (generated)", "",
               *[f"- {s}" for s in sentences], ""]
     for title, path in images.items():

@@ -264,6 +264,24 @@ def run_scalars(metrics: Mapping[str, Any], table: pd.DataFrame, per_epsilon: bo
         if per_epsilon:
             yield Scalar(f"robust/{attack}/eps_{epsilon_label(eps)}", value, 0, total)
         yield Scalar(f"robust_curve/{attack}", value, epsilon_step(eps), total)
+    yield from certified_scalars(metrics.get("certify") or {}, per_epsilon, total)
+
+
+def certified_scalars(certify: Mapping[str, Any], per_epsilon: bool, total: float) -> Iterator[Scalar]:
+    """A run's certification (metrics.json["certify"]) as ``certified/<method>/eps_<ε>`` (if
+    ``per_epsilon``), the curve ``certified_curve/<method>`` (step = ``epsilon_step(ε)``) and
+    ``certified/<method>/median_radius``; "crown (ibp through conv/max-pool)" is named crown."""
+    if not certify:
+        return
+    method = str(certify.get("method", "certified")).split()[0]
+    for eps, value in zip(certify.get("epsilons") or [], certify.get("certified_accuracy") or []):
+        if (number := _number(value)) is None:
+            continue
+        if per_epsilon:
+            yield Scalar(f"certified/{method}/eps_{epsilon_label(float(eps))}", number, 0, total)
+        yield Scalar(f"certified_curve/{method}", number, epsilon_step(float(eps)), total)
+    if (radius := _number(certify.get("median_radius"))) is not None:
+        yield Scalar(f"certified/{method}/median_radius", radius, 0, total)
 
 
 def flat_config(node: Any, prefix: str = "") -> dict[str, str]:
