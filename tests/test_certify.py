@@ -452,6 +452,10 @@ def test_summaries_give_certified_accuracy_the_same_statistics_and_leave_other_r
     # lower and upper bound side by side where both ran (ε=0.03): β=0 certified 40 %, worst case 70 %
     assert "certified on 50 test images, attacked on 100" in certified and "40.0–70.0 (30.0)" in certified
     assert "at ε=0.03, in points: β=0 30.0, β=1 30.0." in certified
+    # both bounds rose together here: no "easier to prove" verdict
+    assert ("At ε=0.03, certified_crown certified accuracy is above the reference beyond seed noise for 1 "
+            "configuration(s) (β=1 +4.0). The worst-case attack accuracy at the same radius is also above it "
+            "for 1") in certified and "easier to prove robust" not in certified
     assert section(study, "Headline").count("worst ε=") == 1  # the headline keeps the attacks' radii
     assert "Certified accuracy" not in write_study([without], tmp_path / "docs" / "plain.md").markdown
 
@@ -471,8 +475,16 @@ def test_runs_certified_afterwards_count_like_runs_certified_in_training(tmp_pat
     assert "## Median certified radius" in write_report(after).markdown
     from isorobust.sweeps.study import write_study
 
+    # the attacks' upper bound of β=1 level with β=0's (seed by seed −1, +1, 0 points): only the lower bound rose
+    for job, (weight, seed) in enumerate(sorted(CERTIFIED)):
+        if weight == 1.0:
+            table = pd.read_csv(after / str(job) / "robustness.csv")
+            table["robust_accuracy"] = CERTIFIED[(0.0, seed)] + 0.2 + (-0.01, 0.01, 0.0)[seed]
+            table.to_csv(after / str(job) / "robustness.csv", index=False)
     study = write_study([after], tmp_path / "docs" / "after.md").markdown
     assert "Certified during training in 0 runs and afterwards by `isorobust certify run=DIR` in 6" in study
+    assert ("not distinguishable from it for 1 (β=1 +0.0 [" in study
+            and "the models became easier to prove robust at this radius" in study)
 
 
 # ---------------------------------------------------------------------------------------------------

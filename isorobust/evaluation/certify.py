@@ -585,10 +585,10 @@ def certified_radius(layers: Sequence[nn.Module], x: Tensor, y: Tensor, lower: T
     ``bound − radius ≤ tolerance · max(bound, floor)`` (``floor`` ends the search on samples whose radius
     is ~0, e.g. a tiny clean margin): the first step halves the bracket; then regula falsi on the margin bound
     as a function of ε with the Illinois rule (an end kept twice in a row has its value halved, so the
-    search cannot stall on one side). The bound is smooth and concave near its zero, so this needs ~3 bounds
-    per sample where bisection needs ~5 for 2 %. ``radius`` is always a radius the method certified (a
-    lower bound on the one it would find exactly); ``bound`` the smallest radius it tried and could not.
-    Only samples with lower < upper are searched.
+    search cannot stall on one side). The bound is smooth and concave near its zero: on the MNIST MLPs this
+    takes 4.2–4.9 bounds per sample where bisection takes about 6 to reach 2 %. ``radius`` is always a
+    radius the method certified (a lower bound on the one it would find exactly); ``bound`` the smallest
+    radius it tried and could not. Only samples with lower < upper are searched.
     """
     radius, bound = lower.clone(), upper.clone()
     f_low, f_high = lower_margin.clone(), upper_margin.clone()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -57,10 +57,19 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
+def differing_keys(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Collection[str] = (),
+                   ignore_nodes: Collection[str] = ()) -> list[str]:
+    """The dotted keys (``trainer.lr``) whose values differ between two nested configs, leaving out the
+    keys ``ignore`` and everything under the top-level nodes ``ignore_nodes``."""
+    flat_a, flat_b = flatten(a), flatten(b)
+    keys = sorted(k for k in (set(flat_a) | set(flat_b)) - set(ignore) if k.split(".", 1)[0] not in ignore_nodes)
+    return [k for k in keys if flat_a.get(k) != flat_b.get(k)]
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     a, b = flatten(saved), flatten(current)
-    keys = sorted(k for k in (set(a) | set(b)) - set(IGNORED) if k.split(".", 1)[0] not in IGNORED_NODES)
-    return [f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k)]
+    return [f"{k}: {a.get(k)!r} there, {b.get(k)!r} now"
+            for k in differing_keys(saved, current, IGNORED, IGNORED_NODES)]
 
 
 def completed_metrics(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:

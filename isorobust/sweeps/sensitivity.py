@@ -27,6 +27,7 @@ from isorobust.errors import IsorobustError
 from isorobust.evaluation.robustness import WORST_CASE
 from isorobust.sweeps.aggregate import aggregate_clean, configuration_labels, paired_differences, summary_markdown
 from isorobust.sweeps.report import Report
+from isorobust.sweeps.resume import differing_keys
 from isorobust.sweeps.study import KEY, SWEEP, headline, load_sweeps, log_span, sweep_command, sweep_facts
 
 # Keys of a resolved run config that may differ between a question's runs and the reference's β = 0.
@@ -35,11 +36,10 @@ UNMATCHED_OK = {"reg", "seed", "resume", "threads", "device", "logger", "objecti
 
 
 def _resolved(root: Path, rows: pd.DataFrame) -> dict[int, dict[str, Any]]:
-    """Resolved config of each run of ``rows`` by seed, minus what may differ, from its metrics.json."""
+    """Resolved config of each run of ``rows`` by seed, from its metrics.json."""
     out = {}
     for run, seed in rows[["run", "seed"]].drop_duplicates().itertuples(index=False):
-        config = json.loads((root / run / "metrics.json").read_text()).get("config") or {}
-        out.setdefault(int(seed), {})[run] = {k: v for k, v in config.items() if k not in UNMATCHED_OK}
+        out.setdefault(int(seed), {})[run] = json.loads((root / run / "metrics.json").read_text()).get("config") or {}
     return out
 
 
@@ -52,7 +52,7 @@ def _check_matched(question: pd.DataFrame, reference: pd.DataFrame, root: Path, 
             raise IsorobustError(f"{name}: seed {seed} has no β = 0 run in the reference sweep")
         base = next(iter(theirs[seed].values()))
         for run, config in runs.items():
-            differing = sorted(k for k in set(config) | set(base) if config.get(k) != base.get(k))
+            differing = differing_keys(config, base, ignore_nodes=UNMATCHED_OK)
             if differing:
                 raise IsorobustError(
                     f"{name}: run {run} differs from the reference sweep's β = 0 runs in {', '.join(differing)} "

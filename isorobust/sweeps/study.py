@@ -221,8 +221,8 @@ def certified_table(summary: pd.DataFrame, reference: pd.Series, labels: dict[tu
         part = certified[certified["attack"] == method]
         eps_list = [float(e) for e in sorted(part["epsilon"].unique())]
         has_radius = not radius_robust.empty and (radius_robust["attack"] == method).any()
-        up: list[str] = []
-        down: list[str] = []
+        up: dict[tuple, list[str]] = {}
+        down: dict[tuple, list[str]] = {}
         rows, compared = [], []
 
         def tally(d: pd.Series | None, what: str) -> None:
@@ -231,7 +231,7 @@ def certified_table(summary: pd.DataFrame, reference: pd.Series, labels: dict[tu
                 return
             compared.append(what)
             if d["ci_low"] > 0 or d["ci_high"] < 0:
-                (up if d["ci_low"] > 0 else down).append(what)
+                (up if d["ci_low"] > 0 else down).setdefault(config, []).append(what)
 
         for config in configs:
             cells = []
@@ -239,14 +239,14 @@ def certified_table(summary: pd.DataFrame, reference: pd.Series, labels: dict[tu
                 cells.append(_pct(_value(robust, config, method, eps)))
                 d = _value(paired, config, method, eps)
                 cells.append("(reference)" if config == reference_config else _diff(d))
-                tally(d, f"{labels[config]} at ε={eps:g} ({100 * d['mean']:+.1f})" if d is not None else "")
+                tally(d, f"ε={eps:g} {100 * d['mean']:+.1f}" if d is not None else "")
             if has_radius:
                 r = _radius_value(radius_robust, config, method)
                 cells.append("–" if r is None else (f"{r['mean']:.4f} ± {r['std']:.4f}" if r["n"] > 1
                                                     else f"{r['mean']:.4f}"))
                 d = _radius_value(radius_paired, config, method)
                 cells.append("(reference)" if config == reference_config else _radius_diff(d))
-                tally(d, f"{labels[config]} median radius ({d['mean']:+.4f})" if d is not None else "")
+                tally(d, f"median radius {d['mean']:+.4f}" if d is not None else "")
             if any(c != "–" for c in cells[::2]):
                 rows.append([labels[config], *cells])
         header = ["configuration"] + [h for eps in eps_list for h in (f"ε={eps:g}", f"Δ ε={eps:g}")]
@@ -256,15 +256,60 @@ def certified_table(summary: pd.DataFrame, reference: pd.Series, labels: dict[tu
         if compared:
             text = (f"{method}: of {len(compared)} paired comparisons with {against} (certified accuracy at each radius"
                     f"{' and the median radius' if has_radius else ''}), ")
-            text += (f"{len(up)} are above it beyond seed noise ({'; '.join(up)})" if up
+            def listed(cells: dict[tuple, list[str]]) -> str:
+                return "; ".join(f"{labels[c]}: {', '.join(v)}" for c, v in cells.items())
+
+            n_up, n_down = sum(map(len, up.values())), sum(map(len, down.values()))
+            text += (f"{n_up} are above it beyond seed noise ({listed(up)})" if up
                      else "none is above it beyond seed noise")
-            text += (f" and {len(down)} below ({'; '.join(down)})." if down else ", and none below.")
+            text += (f" and {n_down} below ({listed(down)})." if down else ", and none below.")
             text += (" No configuration raises certified accuracy or the certified radius." if not up else "")
             sentences.append(text)
+        sentences += verifiability_sentences(summary, reference, paired, method, configs, reference_config,
+                                             labels)
         bracket, said = bracket_table(summary, certified, method, configs, labels)
         lines += bracket
         sentences += said
     return lines + [""] + [f"In words (generated): {s}" for s in sentences] + ([""] if sentences else [])
+
+
+def verifiability_sentences(summary: pd.DataFrame, reference: pd.Series, certified_paired: pd.DataFrame,
+                            method: str, configs: list[tuple], reference_config: tuple | None,
+                            labels: dict[tuple, str]) -> list[str]:
+    """At each radius where both ran: the configurations whose certified accuracy is above the reference's
+    beyond seed noise, and whether the worst-case attack accuracy at that radius is too. A lower bound that
+    rises while the upper bound stays says the model became easier to prove robust, not harder to attack."""
+    attacks = summary["attack"] == WORST_CASE
+    attack_paired = paired_differences(summary[attacks], reference[attacks])
+    if attack_paired.empty or certified_paired.empty:
+        return []
+    radii = sorted({float(e) for e in certified_paired.loc[certified_paired["attack"] == method, "epsilon"]}
+                   & {float(e) for e in attack_paired["epsilon"]})
+    out = []
+    for eps in radii:
+        higher, also, level, lower = [], [], [], []
+        for config in configs:
+            cert = _value(certified_paired, config, method, eps)
+            if config == reference_config or cert is None or cert["n"] < 2 or cert["ci_low"] <= 0:
+                continue
+            higher.append(f"{labels[config]} {100 * cert['mean']:+.1f}")
+            att = _value(attack_paired, config, WORST_CASE, eps)
+            if att is None or att["n"] < 2:
+                continue
+            cell = f"{labels[config]} {_diff(att)}"
+            (also if att["ci_low"] > 0 else lower if att["ci_high"] < 0 else level).append(cell)
+        if not higher:
+            continue
+        text = (f"At ε={eps:g}, {method} certified accuracy is above the reference beyond seed noise for "
+                f"{len(higher)} configuration(s) ({', '.join(higher)}). The worst-case attack accuracy at the same "
+                f"radius is also above it for {len(also)}{' (' + '; '.join(also) + ')' if also else ''}, not "
+                f"distinguishable from it for {len(level)}{' (' + '; '.join(level) + ')' if level else ''}"
+                f"{f' and below it for {len(lower)} (' + '; '.join(lower) + ')' if lower else ''}.")
+        if level:
+            text += (" Where only the lower bound rose, the models became easier to prove robust at this radius; "
+                     "the attacks do not find them harder to break.")
+        out.append(text)
+    return out
 
 
 def bracket_table(summary: pd.DataFrame, certified: pd.DataFrame, method: str, configs: list[tuple],
