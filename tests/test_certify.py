@@ -92,14 +92,20 @@ def observed_minimum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
     return best
 
 
+def tiny_case(name: str, n: int, seed: int):
+    """One of ``tiny_networks``, its layers, a seeded generator and ``n`` float64 inputs in [0, 1] whose
+    first lies on the edge of [0, 1] (all zeros: the box is cut there)."""
+    model, shape = tiny_networks()[name]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((n, *shape), generator=g, dtype=torch.float64)
+    x[0] = 0.0
+    return model, shape, certifiable_layers(model), g, x
+
+
 @pytest.mark.parametrize("name", list(tiny_networks()))
 def test_bounds_are_never_above_any_margin_found_inside_the_ball(name):
-    model, shape = tiny_networks()[name]
-    layers = certifiable_layers(model)
-    g = torch.Generator().manual_seed(7)
-    x = torch.rand((8, *shape), generator=g, dtype=torch.float64)
-    x[0] = 0.0  # inputs on the edge of [0, 1]: the box is cut there
-    x[1] = 1.0
+    model, _, layers, _, x = tiny_case(name, 8, seed=7)
+    x[1] = 1.0  # the other edge
     y = torch.arange(8) % 4
     for eps in EPSILONS:
         seen = observed_minimum(model, x, y, eps)
@@ -113,11 +119,7 @@ def test_bounds_are_never_above_any_margin_found_inside_the_ball(name):
 
 @pytest.mark.parametrize("name", list(tiny_networks()))
 def test_every_layers_output_stays_inside_its_ibp_box(name):
-    model, shape = tiny_networks()[name]
-    layers = certifiable_layers(model)
-    g = torch.Generator().manual_seed(8)
-    x = torch.rand((4, *shape), generator=g, dtype=torch.float64)
-    x[0] = 0.0
+    model, shape, layers, g, x = tiny_case(name, 4, seed=8)
     lower, upper = ball(x, 0.1)
     assert all(torch.equal(a, b) for a, b in zip(input_box(x, 0.1), (lower, upper)))
     points = lower + (upper - lower) * torch.rand((500, *x.shape), generator=g, dtype=x.dtype)

@@ -519,8 +519,7 @@ def min_margin_bounds(layers: Sequence[nn.Module], x: Tensor, y: Tensor, index: 
     torch.set_num_threads(1)  # one thread per batch, ``workers`` batches at once (the GIL is released in ops)
     try:
         with ThreadPoolExecutor(workers) as pool:
-            for done in pool.map(bound, parts):
-                pass
+            list(pool.map(bound, parts))  # list(): raise a batch's exception here
     finally:
         torch.set_num_threads(threads)
     return out

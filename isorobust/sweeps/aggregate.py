@@ -137,9 +137,10 @@ def with_certified(run: Path, table: pd.DataFrame) -> pd.DataFrame:
     seeds and every paired difference then covers the lower bounds as it covers the attacks. A run trained
     without ``certify=`` may have been certified afterwards (``isorobust certify run=DIR``): its
     ``certify/certified.csv`` counts then; the run's own table comes first."""
-    path = next((p for p in (run / CERTIFIED_FILE, run / "certify" / CERTIFIED_FILE) if p.is_file()), None)
-    if path is None:
+    source = certification_source(run)
+    if source is None:
         return table
+    path = source[0]
     try:
         certified = pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
@@ -156,17 +157,32 @@ def with_certified(run: Path, table: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([table, rows[[c for c in table.columns if c in rows.columns]]], ignore_index=True)
 
 
-def certify_summary(run: Path) -> dict[str, Any] | None:
-    """The summary of the certification whose table ``with_certified`` reads (the median radius lives
-    here): metrics.json["certify"] for a run trained with ``certify=``, else certify/certify.json."""
-    own = run / CERTIFIED_FILE
-    path, key = (run / "metrics.json", "certify") if own.is_file() else (run / "certify" / "certify.json", "certify")
-    if not path.is_file():
+def certification_source(run: Path) -> tuple[Path, Path, bool] | None:
+    """Which certification of a run the reports use, as (certified.csv, the JSON file holding its summary
+    under "certify", certified during training): the run's own table first (metrics.json), else the one
+    ``isorobust certify run=DIR`` wrote to certify/ (certify.json); None where there is neither."""
+    if (run / CERTIFIED_FILE).is_file():
+        return run / CERTIFIED_FILE, run / "metrics.json", True
+    if (run / "certify" / CERTIFIED_FILE).is_file():
+        return run / "certify" / CERTIFIED_FILE, run / "certify" / "certify.json", False
+    return None
+
+
+def _certification_record(run: Path) -> tuple[dict[str, Any], bool] | None:
+    """(the JSON file of ``certification_source``, certified during training), or None."""
+    source = certification_source(run)
+    if source is None or not source[1].is_file():
         return None
     try:
-        return json.loads(path.read_text()).get(key)
+        return json.loads(source[1].read_text()), source[2]
     except (OSError, ValueError) as exc:
-        raise IsorobustError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+        raise IsorobustError(f"cannot read {source[1]}: {str(exc).splitlines()[0]}") from None
+
+
+def certify_summary(run: Path) -> dict[str, Any] | None:
+    """The summary of the certification whose table ``with_certified`` reads (the median radius lives here)."""
+    record = _certification_record(run)
+    return None if record is None else record[0].get("certify")
 
 
 def certify_provenance(summary: pd.DataFrame, root: Path) -> tuple[int, int, float | None]:
@@ -175,15 +191,14 @@ def certify_provenance(summary: pd.DataFrame, root: Path) -> tuple[int, int, flo
     during = after = 0
     seconds = []
     for run in summary["run"].unique():
-        folder = root / run
-        if (folder / CERTIFIED_FILE).is_file():
-            during += 1
-            metrics = json.loads((folder / "metrics.json").read_text())
-            seconds.append((metrics.get("seconds") or {}).get("certify"))
-        elif (folder / "certify" / CERTIFIED_FILE).is_file():
-            after += 1
-            record = folder / "certify" / "certify.json"
-            seconds.append(json.loads(record.read_text()).get("seconds") if record.is_file() else None)
+        source = certification_source(root / run)
+        if source is None:
+            continue
+        during, after = (during + 1, after) if source[2] else (during, after + 1)
+        record = _certification_record(root / run)
+        if record is not None:  # metrics.json: seconds.certify; certify.json: seconds
+            value = record[0].get("seconds")
+            seconds.append((value or {}).get("certify") if record[1] else value)
     known = [float(v) for v in seconds if isinstance(v, (int, float))]
     return during, after, (sum(known) / len(known) if known else None)
 

@@ -92,24 +92,32 @@ def _of(frame: pd.DataFrame, config: tuple) -> pd.DataFrame:
     return frame[mask]
 
 
-def _value(robust: pd.DataFrame, config: tuple, attack: str, eps: float) -> pd.Series | None:
+def _value(robust: pd.DataFrame, config: tuple, attack: str, eps: float | None) -> pd.Series | None:
+    """The aggregate row of one configuration, attack and ε (None: the attack's only ε, e.g. a radius row)."""
     if robust.empty:
         return None
-    part = _of(robust[(robust["attack"] == attack) & ((robust["epsilon"] - eps).abs() < 1e-9)], config)
+    rows = robust["attack"] == attack
+    if eps is not None:
+        rows &= (robust["epsilon"] - eps).abs() < 1e-9
+    part = _of(robust[rows], config)
     return part.iloc[0] if not part.empty else None
 
 
-def _pct(row: pd.Series | None) -> str:
+def _pct(row: pd.Series | None, scale: float = 100.0, digits: int = 1) -> str:
+    """mean ± std of an aggregate row, in % by default (a radius: scale 1, 4 digits)."""
     if row is None:
         return "–"
-    return f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f}" if row["n"] > 1 else f"{100 * row['mean']:.1f}"
+    mean, std = scale * row["mean"], scale * row["std"]
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if row["n"] > 1 else f"{mean:.{digits}f}"
 
 
-def _diff(row: pd.Series | None) -> str:
+def _diff(row: pd.Series | None, scale: float = 100.0, digits: int = 1) -> str:
+    """A paired difference with its 95 % interval and * where it excludes 0, in points by default."""
     if row is None or row["n"] < 2:
         return "–"
     star = " *" if row["ci_low"] > 0 or row["ci_high"] < 0 else ""
-    return f"{100 * row['mean']:+.1f} [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]{star}"
+    low, mean, high = (f"{scale * row[k]:+.{digits}f}" for k in ("ci_low", "mean", "ci_high"))
+    return f"{mean} [{low}, {high}]{star}"
 
 
 def headline(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, str],
@@ -241,11 +249,9 @@ def certified_table(summary: pd.DataFrame, reference: pd.Series, labels: dict[tu
                 cells.append("(reference)" if config == reference_config else _diff(d))
                 tally(d, f"ε={eps:g} {100 * d['mean']:+.1f}" if d is not None else "")
             if has_radius:
-                r = _radius_value(radius_robust, config, method)
-                cells.append("–" if r is None else (f"{r['mean']:.4f} ± {r['std']:.4f}" if r["n"] > 1
-                                                    else f"{r['mean']:.4f}"))
-                d = _radius_value(radius_paired, config, method)
-                cells.append("(reference)" if config == reference_config else _radius_diff(d))
+                cells.append(_pct(_value(radius_robust, config, method, None), scale=1.0, digits=4))
+                d = _value(radius_paired, config, method, None)
+                cells.append("(reference)" if config == reference_config else _diff(d, scale=1.0, digits=4))
                 tally(d, f"median radius {d['mean']:+.4f}" if d is not None else "")
             if any(c != "–" for c in cells[::2]):
                 rows.append([labels[config], *cells])
@@ -344,20 +350,6 @@ def bracket_table(summary: pd.DataFrame, certified: pd.DataFrame, method: str, c
     said = [f"Gap between {method} and the worst-case attack at ε={eps:g}, in points: {', '.join(g)}."
             for eps, g in gaps.items() if g]
     return lines, said
-
-
-def _radius_value(frame: pd.DataFrame, config: tuple, method: str) -> pd.Series | None:
-    if frame.empty:
-        return None
-    part = _of(frame[frame["attack"] == method], config)
-    return part.iloc[0] if not part.empty else None
-
-
-def _radius_diff(row: pd.Series | None) -> str:
-    if row is None or row["n"] < 2:
-        return "–"
-    star = " *" if row["ci_low"] > 0 or row["ci_high"] < 0 else ""
-    return f"{row['mean']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]{star}"
 
 
 def autoattack_sentences(robust: pd.DataFrame, configs: list[tuple], radii: list[float],
