@@ -24,7 +24,7 @@ commands:
   train     train -> evaluate -> attack one configuration (Hydra app; -m for sweeps)
   attack    re-attack a saved run: isorobust attack run=<run dir> [attack=pgd] [eval.epsilons=[...]]
   check     gradient-masking sanity checks of a saved run: isorobust check run=<run dir>
-  certify   certified bounds of a saved run: isorobust certify run=<run dir> [certify=ibp]
+  certify   certified bounds of a saved run: isorobust certify run=<run dir> [certify=ibp|alpha_crown|bab]
             (writes <run dir>/certify/certified.csv, which sweep summaries and reports pick up)
   report    aggregate the runs below a folder: isorobust report outputs/multirun/<date>/<time>
             or several sweeps into one study: isorobust report SWEEP1 SWEEP2 --out docs/results/mnist.md
@@ -68,7 +68,7 @@ def check_saved_run(command: str, args: list[str]) -> None:
         fail("isorobust certify needs run=<run dir> (a folder `isorobust train` wrote)")
     for arg in args:
         if arg in ("certify=null", "certify=[]"):
-            fail(f"{arg}: isorobust certify needs a method (certify=crown or certify=ibp)")
+            fail(f"{arg}: isorobust certify needs a method (certify=crown, alpha_crown, bab or ibp)")
         if arg.startswith("run=") and "," not in arg:
             run = Path(arg[len("run="):]).expanduser()
             if not (run / ".hydra" / "config.yaml").is_file():

@@ -50,7 +50,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("eval.n_samples", lambda v: isinstance(v, int) and v >= 1, "null or an integer >= 1"),
     ("eval.batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("seed", lambda v: isinstance(v, int), "an integer"),
-    ("certify.method", lambda v: v in ("ibp", "crown"), "ibp or crown"),
+    ("certify.method", lambda v: v in ("ibp", "crown", "alpha_crown", "bab"), "ibp, crown, alpha_crown or bab"),
     ("certify.n_samples", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
      "null or an integer >= 1"),
     ("certify.batch_size", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),

@@ -108,10 +108,11 @@ def write_tables(run_dir: Path, table: pd.DataFrame, attacks: Mapping[str, Attac
     return markdown
 
 
-def certify_split(certifier: Certifier, model: Any, test: Any,
-                  meta: Mapping[str, Any]) -> tuple[CertifyResult, pd.DataFrame]:
-    """Certified accuracy of ``model`` on the test split (``certify`` group) and certified.csv's rows."""
-    result = certifier.run(model, test.x, test.y)
+def certify_split(certifier: Certifier, model: Any, test: Any, meta: Mapping[str, Any],
+                  broken: Mapping[float, Any] | None = None) -> tuple[CertifyResult, pd.DataFrame]:
+    """Certified accuracy of ``model`` on the test split (``certify`` group) and certified.csv's rows;
+    ``broken``: what this run's attacks broke per radius (alpha_crown and bab skip it)."""
+    result = certifier.run(model, test.x, test.y, broken)
     log.info("certified (%s): %s; median radius %s", result.method,
              " ".join(f"{a:.4f}" for a in result.certified_accuracy()), result.median_radius)
     return result, result.table(dict(meta))
@@ -169,11 +170,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     eval_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    broken: dict[float, Any] = {}  # per radius, what the attacks broke (certification skips it)
     table = robustness_by_level(  # = robustness_table, per level for hierarchical models
-        model, data.test, attacks, epsilons, cfg.eval.n_samples, cfg.eval.batch_size, cfg.seed, run_meta(cfg)
+        model, data.test, attacks, epsilons, cfg.eval.n_samples, cfg.eval.batch_size, cfg.seed, run_meta(cfg),
+        broken=broken,
     )
     attack_s = time.perf_counter() - t0
-    certified = certify_split(certifier, model, data.test, run_meta(cfg)) if certifier is not None else None
+    certified = certify_split(certifier, model, data.test, run_meta(cfg), broken) if certifier is not None else None
     markdown = write_tables(run_dir, table, attacks, certified)
     t0 = time.perf_counter()
     checks = sanity_checks(cfg, model, data, table, attacks, run_dir)
@@ -293,11 +296,12 @@ def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     model = model.to(device)
 
     t0 = time.perf_counter()
+    broken: dict[float, Any] = {}  # per radius, what the attacks broke (certification skips it)
     table = robustness_by_level(  # = robustness_table, per level for hierarchical models
         model, data.test, attacks, sorted_epsilons(merged.eval.epsilons), merged.eval.n_samples,
-        merged.eval.batch_size, merged.seed, run_meta(merged),
+        merged.eval.batch_size, merged.seed, run_meta(merged), broken=broken,
     )
-    certified = certify_split(certifier, model, data.test, run_meta(merged)) if certifier is not None else None
+    certified = certify_split(certifier, model, data.test, run_meta(merged), broken) if certifier is not None else None
     markdown = write_tables(out_dir, table, attacks, certified)
     io.write_json(out_dir / "attack.json", {
         "run": str(run_dir.resolve()),

@@ -38,8 +38,11 @@ def robustness_table(
     seed: int,
     meta: Mapping[str, Any],
     progress: bool | None = None,
+    broken: dict[float, torch.Tensor] | None = None,
 ) -> pd.DataFrame:
-    """One row per (attack, ε) with the columns of ``TABLE_COLUMNS`` (and ``meta`` filled in)."""
+    """One row per (attack, ε) with the columns of ``TABLE_COLUMNS`` (and ``meta`` filled in). ``broken``,
+    when given, receives per L∞ radius the samples some attack broke there (misclassified included; an
+    attack on the first N only marks those), for certification to skip (``certify=alpha_crown``)."""
     x, y = (test.x, test.y) if n_samples is None else (test.x[:n_samples], test.y[:n_samples])
     rows = []
     outcomes: dict[tuple, list[tuple]] = {}  # (norm, ε) -> per attack: (name, robust mask, clean accuracy)
@@ -60,6 +63,9 @@ def robustness_table(
         add_rows(name, attack.norm, clean, grid, masks)
         for eps, mask in zip(grid, masks):
             outcomes.setdefault((attack.norm, float(eps)), []).append((name, mask, clean))
+            if broken is not None and attack.norm == "linf":
+                hit = broken.setdefault(float(eps), torch.zeros(x.shape[0], dtype=torch.bool))
+                hit[: mask.shape[0]] |= ~mask.cpu()
     norms = {norm for norm, _ in outcomes}
     n_all = x.shape[0]
     # Worst case per (norm, ε) over every attack that ran there on all samples: the headline. Where an

@@ -57,13 +57,15 @@ def robustness_by_level(
     batch_size: int,
     seed: int,
     meta: Mapping[str, Any],
+    broken: dict | None = None,
 ) -> pd.DataFrame:
     """``robustness_table`` for an ordinary model; for a hierarchical one, the table of every level's
     read-out stacked, with a ``level`` column, and ``error_tree_distance`` (clean errors of the
-    finest level on the attacked samples) filled in on the finest level's rows."""
+    finest level on the attacked samples) filled in on the finest level's rows. ``broken``: see
+    ``robustness_table`` (ordinary models only)."""
     hierarchy = model_hierarchy(model)
     if hierarchy is None:
-        return robustness_table(model, test, attacks, epsilons, n_samples, batch_size, seed, meta)
+        return robustness_table(model, test, attacks, epsilons, n_samples, batch_size, seed, meta, broken=broken)
     frames = []
     for level in range(hierarchy.depth):
         split = Split(test.x, hierarchy.level_labels(test.y, level))

@@ -1,4 +1,4 @@
-"""Certified lower bounds on L∞ robust accuracy: interval bound propagation (IBP) and CROWN.
+"""Certified lower bounds on L∞ robust accuracy: IBP, CROWN, α-CROWN and branch and bound.
 
 An attack that fails to break a sample proves nothing: robust accuracy measured by attacks is an
 upper bound. A certificate is the other side: a proof that no input in the box
@@ -6,7 +6,7 @@ upper bound. A certificate is the other side: a proof that no input in the box
     B(x, ε) = {x' : ‖x' − x‖∞ ≤ ε} ∩ [0, 1]^d
 
 changes the prediction, so certified accuracy is a lower bound and the truth lies between the two.
-Both methods here bound every margin  logit[y](x') − logit[j](x'), j ≠ y,  from below over B(x, ε);
+Every method here bounds every margin  logit[y](x') − logit[j](x'), j ≠ y,  from below over B(x, ε);
 a sample is certified when it is classified correctly and every lower bound is > 0.
 
 - **IBP** (Gowal et al. 2018) pushes a box through the network layer by layer: exact for one affine
@@ -21,16 +21,26 @@ a sample is certified when it is classified correctly and every lower bound is >
   relaxation here: the layers up to the last of them are bounded by IBP, and CROWN starts from IBP's
   box of their output (the ``method`` label says so). A back-substitution through the first conv
   layer would carry one 784-wide row per conv neuron (25 088 for ``model=cnn``) per sample.
+- **α-CROWN** (Xu et al. 2021, ``alpha_crown.py``) optimises CROWN's lines per sample and margin.
+- **Branch and bound** (``bab.py``) splits hidden neurons' intervals where α-CROWN is not enough, and
+  ends each image verified, falsified (a checked counterexample) or unknown (its budget spent).
+
+One file per concern: ``network`` (the model as a flat list of layers), ``ibp``, ``relaxations`` (the
+lines of each activation), ``crown``, ``alpha_crown``, ``bab``, ``search`` (grid and radius searches over
+ε), ``certifier`` (the ``certify`` config group and its result).
 
 The margins are bounded through the specification matrix C (rows e_y − e_j) folded into the last
 linear layer, as in CROWN: bounding C·logits directly is tighter than subtracting two logit bounds.
-Everything is batched over samples; nothing builds an autograd graph.
+Everything is batched over samples; IBP and CROWN build no autograd graph.
 
-Soundness holds in exact arithmetic. The activation lines are computed in float64 and padded by a
-few units of the model's rounding error; the matrix products are not (float32 sums of 784 terms carry
-~1e-6 relative error), as in the reference implementations.
+Soundness holds in exact arithmetic. The activation lines are computed in float64 and cast to the
+model's dtype outward (each line stays on its side of the function as the real line its stored
+coefficients define); the matrix products are not padded (float32 sums of 784 terms carry ~1e-6
+relative error), as in the reference implementations.
 """
-from .certifier import CERTIFIED, CERTIFIED_COLUMNS, Certifier, CertifyResult
+from .alpha_crown import AlphaOptions, alpha_crown_margin_bounds
+from .bab import BabOptions, BabOutcome, branch_and_bound
+from .certifier import CERTIFIED, CERTIFIED_COLUMNS, CERTIFY_METHODS, Certifier, CertifyResult
 from .crown import crown_margin_bounds
 from .ibp import ibp_layer, ibp_margin_bounds, input_box
 from .network import certifiable_layers, method_label
@@ -39,7 +49,8 @@ from .search import (METHODS, GridSearch, certified_mask, certified_radius, cert
                      margin_bounds, min_margin_bounds)
 
 __all__ = [
-    "CERTIFIED", "CERTIFIED_COLUMNS", "METHODS", "CertifyResult", "Certifier", "GridSearch", "certifiable_layers",
+    "AlphaOptions", "BabOptions", "BabOutcome", "CERTIFIED", "CERTIFIED_COLUMNS", "CERTIFY_METHODS", "METHODS",
+    "alpha_crown_margin_bounds", "branch_and_bound", "CertifyResult", "Certifier", "GridSearch", "certifiable_layers",
     "certified_mask", "certified_radius", "certify_grid", "clean_predictions", "crown_margin_bounds", "ibp_layer",
     "ibp_margin_bounds", "input_box", "margin_bounds", "method_label", "min_margin_bounds", "relaxation",
     "s_shaped_upper_line",

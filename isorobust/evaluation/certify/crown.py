@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ibp import concretize, ibp_layer, input_box, monotone_box
+from .ibp import Box, concretize, ibp_layer, input_box, monotone_box
 from .network import dense_chain, specification, split_front
 from .relaxations import relaxation
 
@@ -90,6 +91,24 @@ def _lines(act: nn.Module | None, lower: Tensor, upper: Tensor,
 def crown_margin_bounds(layers: Sequence[nn.Module], x: Tensor, y: Tensor, eps: float | Tensor) -> Tensor:
     """(B, K−1) lower bounds of logit[y] − logit[j] over B(x, ε): full CROWN on the dense layers
     (IBP through a conv/max-pool front end), intersected with IBP at every layer (module docstring)."""
+    return crown(layers, x, y, eps).margins
+
+
+@dataclass
+class CrownPass:
+    """What one CROWN pass leaves for the methods built on it (α-CROWN, branch and bound)."""
+
+    margins: Tensor  # (B, K−1) lower bounds of the margins
+    boxes: list[Box]  # pre-activation box of every dense activation layer, (B, n_k) each
+    affines: list[nn.Linear]  # the dense chain after the front end
+    acts: list[nn.Module | None]  # the activation after each affine layer but the last
+    input_lower: Tensor  # (B, d) the box the dense chain starts from (after an IBP front end)
+    input_upper: Tensor
+
+
+@torch.no_grad()
+def crown(layers: Sequence[nn.Module], x: Tensor, y: Tensor, eps: float | Tensor) -> CrownPass:
+    """``crown_margin_bounds`` with the boxes it computed on the way."""
     front, tail = split_front(layers)
     lower, upper = input_box(x, eps)
     for layer in front:
@@ -100,7 +119,7 @@ def crown_margin_bounds(layers: Sequence[nn.Module], x: Tensor, y: Tensor, eps: 
     weight, bias = specification(affines[-1], y)
     depth = len(affines) - 1
     if depth == 0:  # one linear layer: the box bound is exact
-        return concretize(weight, bias, lower, upper)
+        return CrownPass(concretize(weight, bias, lower, upper), [], affines, acts, lower, upper)
     first = affines[0]
     first_centre = F.linear(centre, first.weight, first.bias)
     first_radius = F.linear(radius, first.weight.abs())
@@ -119,14 +138,15 @@ def crown_margin_bounds(layers: Sequence[nn.Module], x: Tensor, y: Tensor, eps: 
         # both are sound, so they overlap in exact arithmetic; rounding may cross them by an ulp
         boxes.append((torch.minimum(new_lower, new_upper), torch.maximum(new_lower, new_upper)))
         relaxed.append(_lines(acts[k], *boxes[k]))
-    crown = _backsubstitute(weight, bias, depth, affines, relaxed, first_centre, radius)
+    bound = _backsubstitute(weight, bias, depth, affines, relaxed, first_centre, radius)
     if any(isinstance(act, S_SHAPED) for act in acts):
         # The margins again with the tangent points of tanh/sigmoid rounded as the reference tabulates them
         # (``s_shaped_upper_line``): neither choice dominates, and on the reference's own model each alone
         # falls below its bounds on a few (image, margin) pairs, by up to 1.4e-4 (exact) or 6e-4 (rounded);
         # the better of the two per margin does not. The K − 1 rows cost ~1 % of the intermediate layers'.
         rounded = [_lines(act, *box, rounded=True) for act, box in zip(acts, boxes)]
-        crown = torch.maximum(crown, _backsubstitute(weight, bias, depth, affines, rounded, first_centre, radius))
+        bound = torch.maximum(bound, _backsubstitute(weight, bias, depth, affines, rounded, first_centre, radius))
     hidden_lower, hidden_upper = monotone_box(acts[depth - 1], *boxes[depth - 1])
-    return torch.maximum(crown, concretize(weight, bias, hidden_lower, hidden_upper))
+    margins = torch.maximum(bound, concretize(weight, bias, hidden_lower, hidden_upper))
+    return CrownPass(margins, boxes, affines, acts, lower, upper)
 

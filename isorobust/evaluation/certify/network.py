@@ -80,9 +80,9 @@ def dense_chain(tail: Sequence[nn.Module]) -> tuple[list[nn.Linear], list[nn.Mod
 
 
 def method_label(layers: Sequence[nn.Module], method: str) -> str:
-    """What was computed: ``crown`` or ``ibp``, or CROWN after an IBP front end (convolutions)."""
-    if method == "crown" and any(isinstance(layer, FRONT_LAYERS) for layer in layers):
-        return "crown (ibp through conv/max-pool)"
+    """What was computed: the method, said to start after an IBP front end where there are convolutions."""
+    if method != "ibp" and any(isinstance(layer, FRONT_LAYERS) for layer in layers):
+        return f"{method} (ibp through conv/max-pool)"
     return method
 
 

@@ -95,9 +95,10 @@ def s_shaped_upper_line(f: Callable[[Tensor], Tensor], df: Callable[[Tensor], Te
       (l, f(l))). The line is raised to pass above (l, f(l)) in any case: an inexact d costs tightness,
       never soundness.
 
-    ``point`` (α-CROWN's parameter) is the tangent point t, projected onto its range ([l, u], or [d, u]
-    across 0); None: CROWN's choice, the midpoint where it is in range, else the end of the range
-    nearest to it (across 0: max(d, (l + u)/2)). Taking the midpoint across 0 when it lies right of d
+    ``point`` (α-CROWN's parameter) is the tangent point t, projected onto its range: t ≥ 0 for l ≥ 0 (a
+    tangent of the concave part lies above all of it), t ≥ d across 0 (beyond u too: such a tangent is
+    above the concave part and passes above (l, f(l))). None: CROWN's choice, the midpoint moved into
+    [l, u] (across 0 into [d, u]: max(d, (l + u)/2)). Taking the midpoint across 0 when it lies right of d
     is what the reference verifier does too: the tangent at d alone (the steepest allowed) left our
     bounds 0.37 below the reference's (median, β = 0 model, ε = 0.01) where most intervals are wide.
     ``rounded``: d for l rounded outward to the 0.01 grid (−0.01·(⌊−l/0.01⌋ + 1)), as the reference verifier
@@ -119,10 +120,11 @@ def s_shaped_upper_line(f: Callable[[Tensor], Tensor], df: Callable[[Tensor], Te
         start = tangent_points(f, df, -(torch.floor(-lower / 0.01) + 1) * 0.01).clamp(min=0)
     else:
         start = torch.minimum(tangent_points(f, df, lower), upper).clamp(min=0)
-    start = torch.where(straddle, start, lower)
-    if point is None:
-        point = middle
-    point = torch.where(start > upper, start, torch.minimum(torch.maximum(point, start), upper))
+    if point is None:  # CROWN: the midpoint, moved into range; never beyond u but for ``rounded``
+        point = torch.where(straddle & (start > upper), start,
+                            torch.minimum(torch.maximum(middle, torch.where(straddle, start, lower)), upper))
+    else:  # α-CROWN: anywhere a tangent stays above f on [l, u]: t ≥ d across 0, t ≥ 0 right of it
+        point = torch.maximum(point, torch.where(straddle, start, torch.zeros_like(start)))
     t_slope = df(point)
     t_intercept = f(point) - t_slope * point
     t_intercept = t_intercept + (f_lower - (t_slope * lower + t_intercept)).clamp(min=0)
@@ -168,8 +170,14 @@ def s_shaped_lines(act: nn.Module, lower: Tensor, upper: Tensor, points: Tensor 
     n = l64.shape[0]
     upper_line = (slope[:n], intercept[:n])
     lower_line = (slope[n:], offset - intercept[n:])
-    if wide == dtype:  # MPS: no wider type to compute in; pad by a few rounding units instead
+    if wide == dtype:  # MPS (no float64): pad by rounding units of dtype instead
         return _pad(lower_line, l64, u64, 8, -1.0), _pad(upper_line, l64, u64, 8, +1.0)
+    if points is not None:  # α-CROWN's steps: pad by the cast's rounding, cheaper than ``cast_line``
+        # (round to nearest moves a slope by ≤ ½ unit of it and an intercept by ≤ ½ unit: two units of
+        # dtype, scaled by the terms, cover both and f's float64 error)
+        units = 2 * torch.finfo(dtype).eps / torch.finfo(wide).eps
+        lower_line, upper_line = _pad(lower_line, l64, u64, units, -1.0), _pad(upper_line, l64, u64, units, +1.0)
+        return tuple(v.to(dtype) for v in lower_line), tuple(v.to(dtype) for v in upper_line)
     # f and f' in float64 are within an ulp or two of the truth: a few float64 units cover them
     lower_line, upper_line = _pad(lower_line, l64, u64, 4, -1.0), _pad(upper_line, l64, u64, 4, +1.0)
     return cast_line(lower_line, l64, u64, dtype, -1.0), cast_line(upper_line, l64, u64, dtype, +1.0)
@@ -192,7 +200,10 @@ def relu_lines(lower: Tensor, upper: Tensor, lower_slope: Tensor | None = None) 
     up_intercept = torch.where(cross, -lower * upper / width, zero)
     if lower_slope is None:
         lower_slope = torch.where(upper >= -lower, one, zero)
-    low_slope = torch.where(active, one, torch.where(dead, zero, lower_slope.clamp(0, 1)))
+    # in [0, 1] by value, the gradient passed through: clamp's is 0 at its ends, where CROWN's choice
+    # starts α-CROWN, which would then never move
+    in_range = lower_slope + (lower_slope.clamp(0, 1) - lower_slope).detach()
+    low_slope = torch.where(active, one, torch.where(dead, zero, in_range))
     # the chord is exact in real arithmetic; pad it against rounding in its evaluation
     padded = _pad((up_slope, up_intercept), lower, upper, 8, +1.0)[1]
     return (low_slope, zero), (up_slope, torch.where(cross, padded, up_intercept))

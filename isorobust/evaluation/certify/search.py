@@ -1,7 +1,7 @@
 """Certified accuracy over an ε grid and certified radii: searches over ε, one bound per sample and step."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -55,30 +55,36 @@ def workers_for(device: torch.device) -> int:
     return max(1, torch.get_num_threads()) if device.type == "cpu" else 1
 
 
+def in_batches(count: int, batch_size: int, device: torch.device, work: Callable[[slice], None]) -> None:
+    """Call ``work`` on consecutive slices of ``range(count)``, ``batch_size`` long; on a CPU ``workers_for``
+    of them at once, each on one thread (the GIL is released inside operators); an exception is raised here."""
+    parts = [slice(s, s + batch_size) for s in range(0, count, batch_size)]
+    workers = min(workers_for(device), len(parts))
+    if workers <= 1:
+        for part in parts:
+            work(part)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread per batch, ``workers`` batches at once
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(work, parts))  # list(): raise a batch's exception here
+    finally:
+        torch.set_num_threads(threads)
+
+
 def min_margin_bounds(layers: Sequence[nn.Module], x: Tensor, y: Tensor, index: Tensor, eps: Tensor, method: str,
                       batch_size: int) -> Tensor:
     """(len(index),) the smallest margin lower bound of each sample ``x[index]`` over its own ball B(x, eps[i]),
     ``batch_size`` samples per pass. Each sample's bound depends on that sample alone (up to float rounding),
     so the batching and the order are not part of the result."""
     out = eps.new_empty(index.numel(), dtype=x.dtype)
-    parts = [slice(s, s + batch_size) for s in range(0, index.numel(), batch_size)]
 
     def bound(part: slice) -> None:
         rows = index[part]
         out[part] = margin_bounds(layers, x[rows], y[rows], eps[part], method).min(dim=1).values
 
-    workers = min(workers_for(x.device), len(parts))
-    if workers <= 1:
-        for part in parts:
-            bound(part)
-        return out
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread per batch, ``workers`` batches at once (the GIL is released in ops)
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(bound, parts))  # list(): raise a batch's exception here
-    finally:
-        torch.set_num_threads(threads)
+    in_batches(index.numel(), batch_size, x.device, bound)
     return out
 
 
