@@ -19,7 +19,7 @@ from isorobust.config import regularizer_terms, resolve_device, sorted_epsilons,
 from isorobust.errors import ConfigError, IsorobustError
 from isorobust.evaluation.apgd import APGD
 from isorobust.evaluation.attacks import FGSM, Attack, LinfPGD
-from isorobust.evaluation.certify import CERTIFIED, Certifier, CertifyResult
+from isorobust.evaluation.certify import CERTIFIED, Certifier, CertifyResult, bracket_note
 from isorobust.evaluation.checks import attack_checks, checks_frame, summary_text, table_checks, train_surrogate
 from isorobust.evaluation.clean import clean_metrics
 from isorobust.evaluation.isometry import isometry_options, isometry_report
@@ -102,7 +102,7 @@ def write_tables(run_dir: Path, table: pd.DataFrame, attacks: Mapping[str, Attac
         io.write_csv(run_dir / "certified.csv", frame)
     markdown = markdown_by_level(shown, attacks)  # one table per level for hierarchical models
     if certified is not None:
-        markdown += certified[0].note() + "\n"
+        markdown += certified[0].note() + "\n" + bracket_note(table, certified[1])
     io.write_csv(run_dir / "robustness.csv", table)
     io.write_text(run_dir / "robustness.md", markdown)
     return markdown

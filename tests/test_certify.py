@@ -357,7 +357,7 @@ def test_models_without_a_bound_are_refused_with_one_line():
     certifier = Certifier(method="crown")
     with pytest.raises(ConfigError, match="GELU has no bound"):
         certifier.layers(MLP(6, width=4, depth=1, num_classes=3, activation="gelu"))
-    with pytest.raises(ConfigError, match="certify.method must be ibp or crown"):
+    with pytest.raises(ConfigError, match="certify.method must be one of ibp, crown, alpha_crown, bab"):
         Certifier(method="lp")
     with pytest.raises(ConfigError, match="certify.epsilons"):
         Certifier(epsilons=[0.1, 1.5])
@@ -499,6 +499,31 @@ def test_runs_certified_afterwards_count_like_runs_certified_in_training(tmp_pat
             and "the models became easier to prove robust at this radius" in study)
 
 
+def test_every_method_certified_afterwards_gets_its_own_rows_in_summaries_and_study_reports(tmp_path):
+    """certify/ (CROWN) and certify_alpha_crown/ beside it: both methods reach the summary, with the same
+    statistics, and the study report gets a section per method."""
+    from isorobust.sweeps.aggregate import find_runs, summary_frame
+    from isorobust.sweeps.study import write_study
+
+    sweep = make_sweep(tmp_path / "sweep", "after")
+    for job, (weight, seed) in enumerate(sorted(CERTIFIED)):
+        folder = sweep / str(job) / "certify_alpha_crown"
+        folder.mkdir()
+        tighter = pd.read_csv(sweep / str(job) / "certify" / "certified.csv")
+        tighter["method"] = "alpha_crown"
+        tighter["certified_accuracy"] += 0.05
+        tighter.to_csv(folder / "certified.csv", index=False)
+    runs = find_runs(sweep)
+    assert len(runs) == 6  # certify_alpha_crown/ is not a run
+    summary = summary_frame(runs, sweep)
+    methods = summary[summary["attack"].str.startswith("certified_")]
+    assert sorted(methods["attack"].unique()) == ["certified_alpha_crown", "certified_crown"]
+    both = methods.pivot_table(index=["run", "epsilon"], columns="attack", values="robust_accuracy")
+    assert (both["certified_alpha_crown"] - both["certified_crown"]).round(6).eq(0.05).all()
+    study = write_study([sweep], tmp_path / "docs" / "study.md").markdown
+    assert "certified_alpha_crown" in study and "certified_crown" in study
+
+
 # ---------------------------------------------------------------------------------------------------
 # The command line
 
@@ -510,7 +535,7 @@ QUICK = ["dataset.train_size=200", "dataset.test_size=100", "trainer.epochs=1", 
     (["certify=crown", "certify.radius_tolerance=2"], "certify.radius_tolerance"),
     (["certify=ibp", "certify.batch_size=0"], "certify.batch_size"),
     (["certify=crown", "certify.n_samples=0"], "certify.n_samples"),
-    (["certify=crown", "certify.method=lp"], "certify.method must be ibp or crown"),
+    (["certify=crown", "certify.method=lp"], "certify.method must be ibp, crown, alpha_crown or bab"),
     (["certify=zonotope"], "unknown certify 'zonotope'"),
 ])
 def test_bad_certify_values_give_one_line_and_exit_status_2(tmp_path, overrides, needle):
@@ -633,3 +658,57 @@ def test_no_certified_sample_is_broken_by_any_attack_of_the_run(certified_run):
         for eps, robust in zip(E2E_EPSILONS, masks):
             broken = certified[eps] & ~robust
             assert not broken.any(), f"{name} broke {int(broken.sum())} samples certified at ε={eps}"
+
+
+@requires_mnist
+@pytest.mark.e2e
+def test_the_certify_command_tightens_with_alpha_crown_and_branch_and_bound(certified_run):
+    work, run_dir, _ = certified_run
+    own = pd.read_csv(run_dir / "certified.csv")  # CROWN, in training
+    out = work / "alpha"
+    proc = run_cli("certify", f"run={run_dir}", "certify=alpha_crown", "certify.epsilons=[0.003,0.01,0.03]",
+                   "certify.n_samples=200", "certify.alpha.iterations=10", f"hydra.run.dir={out}", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    alpha = pd.read_csv(out / "certified.csv")
+    assert list(alpha.columns) == CERTIFIED_COLUMNS and (alpha["method"] == "alpha_crown").all()
+    assert (alpha["certified_accuracy"].to_numpy() >= own["certified_accuracy"].to_numpy()).all()
+    assert (alpha["unknown"] == 0).all()
+    record = json.loads((out / "certify.json").read_text())["certify"]
+    assert record["tightened"]["per_epsilon"][1]["alpha_crown_ran_on"] > 0
+    out = work / "bab"
+    proc = run_cli("certify", f"run={run_dir}", "certify=bab", "certify.epsilons=[0.01]", "certify.n_samples=40",
+                   "certify.alpha.iterations=10", "certify.bab.timeout=2", "certify.radius_tolerance=null",
+                   f"hydra.run.dir={out}", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bab = pd.read_csv(out / "certified.csv")
+    assert (bab["method"] == "bab").all() and 0 <= bab["unknown"].iloc[0] <= 1 - bab["certified_accuracy"].iloc[0]
+    rows = json.loads((out / "certify.json").read_text())["certify"]["tightened"]["per_epsilon"][0]
+    assert rows["bab_verified"] + rows["bab_falsified"] + rows["bab_unknown"] == rows["bab_ran_on"]
+
+
+@requires_mnist
+@pytest.mark.e2e
+def test_no_image_verified_by_branch_and_bound_is_broken_by_any_attack(certified_run):
+    from isorobust import io
+    from isorobust.data import load_mnist
+    from isorobust.evaluation.attacks import robust_masks
+    from isorobust.pipeline import build_attacks
+
+    _, run_dir, _ = certified_run
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    model = io.load_model(run_dir / "model.pt").eval()
+    data = load_mnist(root=cfg.dataset.root, download=False, test_size=60)
+    x, y = data.test.x, data.test.y
+    eps = [0.01, 0.03]
+    result = Certifier(method="bab", epsilons=eps, radius_tolerance=None, alpha={"iterations": 10},
+                       bab={"timeout": 2.0}).run(model, x, y)
+    crown = Certifier(method="crown", epsilons=eps, radius_tolerance=None).run(model, x, y)
+    assert (result.certified >= crown.certified).all() and result.certified[0].sum() > crown.certified[0].sum() - 1
+    apgd = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "attack" / "apgd.yaml")
+    attacks = build_attacks({**cfg.attack, "apgd": apgd})  # the run's, and APGD-CE + APGD-T
+    for name, attack in attacks.items():
+        _, masks = robust_masks(model, attack, x, y, eps, 60, int(cfg.seed))
+        for e, robust in enumerate(masks):
+            assert not (result.certified[e] & ~robust).any(), f"{name} broke an image verified at ε={eps[e]}"
+            # and what branch and bound falsified, an attack may break too; never a verified one
+            assert not (result.certified[e] & result.falsified[e]).any()

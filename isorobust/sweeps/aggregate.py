@@ -136,11 +136,25 @@ def with_certified(run: Path, table: pd.DataFrame) -> pd.DataFrame:
     ``certified_<method>`` and the certified accuracy as ``robust_accuracy``: every statistic over
     seeds and every paired difference then covers the lower bounds as it covers the attacks. A run trained
     without ``certify=`` may have been certified afterwards (``isorobust certify run=DIR``): its
-    ``certify/certified.csv`` counts then; the run's own table comes first."""
+    ``certify/certified.csv`` counts then; the run's own table comes first. Certifications by other methods
+    made afterwards (``certify_<method>/certified.csv``, e.g. α-CROWN beside CROWN) add their own rows."""
     source = certification_source(run)
     if source is None:
         return table
-    path = source[0]
+    frames = [_read_certified(source[0])]
+    for path in sorted(run.glob(f"certify_*/{CERTIFIED_FILE}")):
+        extra = _read_certified(path)
+        frames.append(extra[~extra["method"].isin(frames[0]["method"])])  # the primary's method stays its own
+    rows = pd.concat(frames, ignore_index=True).rename(columns={"certified_accuracy": "robust_accuracy"})
+    # "crown (ibp through conv/max-pool)" is CROWN after an IBP front end: one name per method
+    rows["attack"] = CERTIFIED_PREFIX + rows["method"].astype(str).str.split().str[0]
+    rows["norm"] = "linf"
+    if LEVEL in table.columns:  # hierarchical: the certified classifier is the finest level's
+        rows[LEVEL] = table[LEVEL].max()
+    return pd.concat([table, rows[[c for c in table.columns if c in rows.columns]]], ignore_index=True)
+
+
+def _read_certified(path: Path) -> pd.DataFrame:
     try:
         certified = pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
@@ -148,13 +162,7 @@ def with_certified(run: Path, table: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in ("method", "epsilon", "n_samples", "certified_accuracy") if c not in certified]
     if missing:
         raise IsorobustError(f"{path} lacks the columns {', '.join(missing)}")
-    rows = certified.rename(columns={"certified_accuracy": "robust_accuracy"})
-    # "crown (ibp through conv/max-pool)" is CROWN after an IBP front end: one name per method
-    rows["attack"] = CERTIFIED_PREFIX + rows["method"].astype(str).str.split().str[0]
-    rows["norm"] = "linf"
-    if LEVEL in table.columns:  # hierarchical: the certified classifier is the finest level's
-        rows[LEVEL] = table[LEVEL].max()
-    return pd.concat([table, rows[[c for c in table.columns if c in rows.columns]]], ignore_index=True)
+    return certified
 
 
 def certification_source(run: Path) -> tuple[Path, Path, bool] | None:

@@ -273,7 +273,7 @@ def certified_table(summary: pd.DataFrame, reference: pd.Series, labels: dict[tu
             sentences.append(text)
         sentences += verifiability_sentences(summary, reference, paired, method, configs, reference_config,
                                              labels)
-        bracket, said = bracket_table(summary, certified, method, configs, labels)
+        bracket, said = bracket_table(summary, certified, method, configs, labels, reference_config)
         lines += bracket
         sentences += said
     return lines + [""] + [f"In words (generated): {s}" for s in sentences] + ([""] if sentences else [])
@@ -318,8 +318,48 @@ def verifiability_sentences(summary: pd.DataFrame, reference: pd.Series, certifi
     return out
 
 
+def truth_sentences(robust: pd.DataFrame, attacks: pd.DataFrame, method: str, radii: list[float],
+                    configs: list[tuple], reference_config: tuple | None, labels: dict[tuple, str]) -> list[str]:
+    """Does a configuration raise the *true* robust accuracy over the reference? Only where the brackets do not
+    overlap: its lower bound (``method``) above the reference's upper bound (worst-case attack) proves it
+    higher, its upper bound below the reference's lower bound proves it lower; else it is undecided."""
+    if reference_config is None:
+        return []
+    out = []
+    for eps in radii:
+        ref_low = _value(robust, reference_config, method, eps)
+        ref_high = _value(attacks, reference_config, WORST_CASE, eps)
+        if ref_low is None or ref_high is None:
+            continue
+        higher, lower, open_ = [], [], []
+        for config in configs:
+            low, high = _value(robust, config, method, eps), _value(attacks, config, WORST_CASE, eps)
+            if config == reference_config or low is None or high is None:
+                continue
+            if low["mean"] > ref_high["mean"]:
+                higher.append(f"{labels[config]} ({100 * low['mean']:.1f} > {100 * ref_high['mean']:.1f})")
+            elif high["mean"] < ref_low["mean"]:
+                lower.append(f"{labels[config]} ({100 * high['mean']:.1f} < {100 * ref_low['mean']:.1f})")
+            else:
+                open_.append(f"{labels[config]} ({100 * low['mean']:.1f}–{100 * high['mean']:.1f} against "
+                             f"{100 * ref_low['mean']:.1f}–{100 * ref_high['mean']:.1f})")
+        if not (higher or lower or open_):
+            continue
+        parts = []
+        if higher:
+            parts.append(f"proved higher than {labels[reference_config]}'s for {len(higher)} "
+                         f"(lower bound above its upper bound: {'; '.join(higher)})")
+        if lower:
+            parts.append(f"proved lower for {len(lower)} ({'; '.join(lower)})")
+        if open_:
+            parts.append(f"undecided for {len(open_)}, the brackets overlap ({'; '.join(open_)})")
+        out.append(f"True robust accuracy at ε={eps:g} ({method} lower bounds, worst-case attack upper bounds, "
+                   f"means over seeds): " + "; ".join(parts) + ".")
+    return out
+
+
 def bracket_table(summary: pd.DataFrame, certified: pd.DataFrame, method: str, configs: list[tuple],
-                  labels: dict[tuple, str]) -> tuple[list[str], list[str]]:
+                  labels: dict[tuple, str], reference_config: tuple | None = None) -> tuple[list[str], list[str]]:
     """Where the attacks ran at a radius the method certified too: the truth lies between the certified
     accuracy (lower bound) and the worst-case attack (upper bound). One cell per configuration and such
     radius, ``lower–upper (gap)``, means over seeds; and a sentence on the gaps."""
@@ -349,7 +389,7 @@ def bracket_table(summary: pd.DataFrame, certified: pd.DataFrame, method: str, c
              *_table(["configuration", *(f"ε={eps:g}" for eps in radii)], rows, left=1)]
     said = [f"Gap between {method} and the worst-case attack at ε={eps:g}, in points: {', '.join(g)}."
             for eps, g in gaps.items() if g]
-    return lines, said
+    return lines, said + truth_sentences(robust, attacks, method, radii, configs, reference_config, labels)
 
 
 def autoattack_sentences(robust: pd.DataFrame, configs: list[tuple], radii: list[float],

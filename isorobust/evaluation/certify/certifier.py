@@ -20,9 +20,35 @@ from .search import GridSearch, certified_radius, certify_grid, clean_prediction
 
 CERTIFY_METHODS = ("ibp", "crown", "alpha_crown", "bab")
 
+
+def bracket_note(attacks: pd.DataFrame, certified: pd.DataFrame) -> str:
+    """Lines for robustness.md: at each L∞ radius where both sides ran, certified accuracy (a lower bound) –
+    the strongest attack's robust accuracy (an upper bound) and the width left between them; for branch and
+    bound the share it left unknown. ``attacks``: robustness rows (attack, norm, epsilon, robust_accuracy);
+    ``certified``: certified.csv's rows. Empty where no radius is shared."""
+    linf = attacks[attacks["norm"] == "linf"]
+    if "level" in linf.columns:  # hierarchical: the certified classifier is the finest level's
+        linf = linf[linf["level"] == linf["level"].max()]
+    lines = []
+    for _, row in certified.iterrows():
+        at = linf[(linf["epsilon"] - row["epsilon"]).abs() <= 1e-12]
+        if at.empty:
+            continue
+        upper = at["robust_accuracy"].min()  # the worst case where it exists, else the strongest attack
+        lower = float(row["certified_accuracy"])
+        text = (f"ε={row['epsilon']:g}: {100 * lower:.2f} % certified – {100 * upper:.2f} % not broken by any "
+                f"attack: the truth lies between, {100 * (upper - lower):.2f} points apart")
+        if row.get("method") == "bab" and "unknown" in row:
+            text += f"; branch and bound left {100 * float(row['unknown']):.2f} % unknown"
+        lines.append(text)
+    if not lines:
+        return ""
+    return "- bracket (certified on the first " + f"{int(certified['n_samples'].iloc[0])} test samples, attacked on " \
+        + f"{int(linf['n_samples'].max())}): " + "; ".join(lines) + "\n"
+
 CERTIFIED_COLUMNS = [
     "dataset", "model", "reg", "reg_weight", "reg_scale", "seed",
-    "method", "epsilon", "n_samples", "clean_accuracy", "certified_accuracy",
+    "method", "epsilon", "n_samples", "clean_accuracy", "certified_accuracy", "unknown",
 ]
 CERTIFIED = "certified"  # the column of robustness.md
 
