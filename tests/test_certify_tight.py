@@ -206,9 +206,20 @@ def test_a_split_never_loosens_a_sub_domain_and_stays_sound():
             logits = pre[-1]
             others = [j for j in range(3) if j != int(y)]
             true_margins = logits[:, int(y)][:, None] - logits[:, others]
+            # the two children cover their parent: every point of the parent's region lies in one of them
+            in_parent = torch.ones(len(points), dtype=torch.bool)
+            for j, z in enumerate(pre[:-1]):
+                in_parent &= ((z >= domains.lower[j][0] - 1e-5) & (z <= domains.upper[j][0] + 1e-5)).all(dim=1)
+            assert (inside[in_parent].any(dim=1)).all()
+            # β-CROWN's terms keep the bound sound for any multipliers ≥ 0, large ones included
+            wild = [torch.rand(b.shape, generator=torch.Generator().manual_seed(j)) * 5 for j, b in enumerate(children.beta)]
+            with torch.no_grad():
+                priced = search._margins(children, root.acts, children.alpha, wild, len(children))
             for c in range(2):
                 if inside[:, c].any():
-                    assert (true_margins[inside[:, c]].min(dim=0).values >= children.bounds[c] - 1e-5).all()
+                    seen = true_margins[inside[:, c]].min(dim=0).values
+                    assert (seen >= children.bounds[c] - 1e-5).all()
+                    assert (seen >= priced[c] - 1e-5).all()
         domains = children.take(torch.tensor([0]))
 
 
