@@ -142,9 +142,10 @@ def with_certified(run: Path, table: pd.DataFrame) -> pd.DataFrame:
     if source is None:
         return table
     frames = [_read_certified(source[0])]
-    for path in sorted(run.glob(f"certify_*/{CERTIFIED_FILE}")):
-        extra = _read_certified(path)
-        frames.append(extra[~extra["method"].isin(frames[0]["method"])])  # the primary's method stays its own
+    for path in method_certifications(run):
+        if path != source[0]:
+            extra = _read_certified(path)
+            frames.append(extra[~extra["method"].isin(frames[0]["method"])])  # the primary's method stays its own
     rows = pd.concat(frames, ignore_index=True).rename(columns={"certified_accuracy": "robust_accuracy"})
     # "crown (ibp through conv/max-pool)" is CROWN after an IBP front end: one name per method
     rows["attack"] = CERTIFIED_PREFIX + rows["method"].astype(str).str.split().str[0]
@@ -165,14 +166,34 @@ def _read_certified(path: Path) -> pd.DataFrame:
     return certified
 
 
+def method_certifications(run: Path) -> list[Path]:
+    """``certify_<method>/certified.csv`` of a run: certifications by one method each, made afterwards beside
+    certify/ (``isorobust certify run=DIR certify=<method> hydra.run.dir=DIR/certify_<method>``). A folder
+    whose name is not its table's method (an archived certification, say) is not one."""
+    found = []
+    for path in sorted(run.glob(f"certify_*/{CERTIFIED_FILE}")):
+        method = path.parent.name[len("certify_"):]
+        try:
+            methods = set(pd.read_csv(path, usecols=["method"])["method"].astype(str).str.split().str[0])
+        except (OSError, ValueError, pd.errors.ParserError):
+            continue
+        if methods == {method}:
+            found.append(path)
+    return found
+
+
 def certification_source(run: Path) -> tuple[Path, Path, bool] | None:
     """Which certification of a run the reports use, as (certified.csv, the JSON file holding its summary
     under "certify", certified during training): the run's own table first (metrics.json), else the one
-    ``isorobust certify run=DIR`` wrote to certify/ (certify.json); None where there is neither."""
+    ``isorobust certify run=DIR`` wrote to certify/ (certify.json), else the first of
+    ``method_certifications``; None where there is none."""
     if (run / CERTIFIED_FILE).is_file():
         return run / CERTIFIED_FILE, run / "metrics.json", True
     if (run / "certify" / CERTIFIED_FILE).is_file():
         return run / "certify" / CERTIFIED_FILE, run / "certify" / "certify.json", False
+    others = method_certifications(run)
+    if others:
+        return others[0], others[0].parent / "certify.json", False
     return None
 
 
