@@ -215,14 +215,14 @@ def certified_table(summary: pd.DataFrame, reference: pd.Series, labels: dict[tu
     reference_config = tuple(summary[reference].iloc[0][KEY]) if reference.any() else None
     against = labels.get(reference_config, "the reference")
     lines = ["## Certified accuracy (lower bounds)", "",
-             "Share of test images proven robust in the whole L∞ ball (IBP or CROWN; see README, *Certified "
-             "bounds*): a lower bound where the attacks give an upper one. Mean ± std over seeds; Δ = paired "
+             "Share of test images proven robust in the whole L∞ ball (IBP, CROWN, α-CROWN or branch and bound; "
+             "see docs/certification.md): a lower bound where the attacks give an upper one. Mean ± std over seeds; Δ = paired "
              f"difference to {against} (same seed) in points [95 % t-interval], * where it excludes 0. The "
              "median certified radius is in input units (0 for an image not certified at any radius)."]
     if root is not None:
         during, after, seconds = certify_provenance(summary[rows_mask], root)
         lines[-1] += (f" Certified during training in {during} runs and afterwards by `isorobust certify "
-                      f"run=DIR` in {after} (records in each run's certify/ folder)"
+                      f"run=DIR` in {after} (records in each run's certify/ or certify_<method>/ folder)"
                       + (f"; {seconds:.0f} s per run on average." if seconds is not None else "."))
     sentences = []
     for method in sorted(certified["attack"].unique()):
@@ -323,8 +323,14 @@ def truth_sentences(robust: pd.DataFrame, attacks: pd.DataFrame, method: str, ra
     """Does a configuration raise the *true* robust accuracy over the reference? Only where the brackets do not
     overlap: its lower bound (``method``) above the reference's upper bound (worst-case attack) proves it
     higher, its upper bound below the reference's lower bound proves it lower; else it is undecided."""
-    if reference_config is None:
+    if reference_config is None or not radii:
         return []
+    certified_n = sorted({int(n) for n in robust["n_samples"]})
+    attacked_n = sorted({int(n) for n in attacks["n_samples"]})
+    if certified_n != attacked_n:  # the first N images are not the whole test split: no comparison across them
+        return [f"Whether a configuration raises the true robust accuracy is not decided here by {method}: it "
+                f"certified the first {', '.join(map(str, certified_n))} test images and the attacks ran on "
+                f"{', '.join(map(str, attacked_n))}; a bracket decides only where both sides cover the same images."]
     out = []
     for eps in radii:
         ref_low = _value(robust, reference_config, method, eps)
