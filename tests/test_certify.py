@@ -667,7 +667,8 @@ def test_the_certify_command_tightens_with_alpha_crown_and_branch_and_bound(cert
     own = pd.read_csv(run_dir / "certified.csv")  # CROWN, in training
     out = work / "alpha"
     proc = run_cli("certify", f"run={run_dir}", "certify=alpha_crown", "certify.epsilons=[0.003,0.01,0.03]",
-                   "certify.n_samples=200", "certify.alpha.iterations=10", f"hydra.run.dir={out}", cwd=work)
+                   "certify.n_samples=200", "certify.alpha.iterations=5", "certify.radius_tolerance=null",
+                   f"hydra.run.dir={out}", cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     alpha = pd.read_csv(out / "certified.csv")
     assert list(alpha.columns) == CERTIFIED_COLUMNS and (alpha["method"] == "alpha_crown").all()
@@ -676,8 +677,8 @@ def test_the_certify_command_tightens_with_alpha_crown_and_branch_and_bound(cert
     record = json.loads((out / "certify.json").read_text())["certify"]
     assert record["tightened"]["per_epsilon"][1]["alpha_crown_ran_on"] > 0
     out = work / "bab"
-    proc = run_cli("certify", f"run={run_dir}", "certify=bab", "certify.epsilons=[0.01]", "certify.n_samples=40",
-                   "certify.alpha.iterations=10", "certify.bab.timeout=2", "certify.radius_tolerance=null",
+    proc = run_cli("certify", f"run={run_dir}", "certify=bab", "certify.epsilons=[0.01]", "certify.n_samples=25",
+                   "certify.alpha.iterations=5", "certify.bab.timeout=1", "certify.radius_tolerance=null",
                    f"hydra.run.dir={out}", cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     bab = pd.read_csv(out / "certified.csv")
@@ -697,17 +698,18 @@ def test_no_image_verified_by_branch_and_bound_is_broken_by_any_attack(certified
     _, run_dir, _ = certified_run
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     model = io.load_model(run_dir / "model.pt").eval()
-    data = load_mnist(root=cfg.dataset.root, download=False, test_size=60)
+    data = load_mnist(root=cfg.dataset.root, download=False, test_size=40)
     x, y = data.test.x, data.test.y
-    eps = [0.01, 0.03]
+    eps = [0.01]
     result = Certifier(method="bab", epsilons=eps, radius_tolerance=None, alpha={"iterations": 10},
-                       bab={"timeout": 2.0}).run(model, x, y)
+                       bab={"timeout": 1.5}).run(model, x, y)
     crown = Certifier(method="crown", epsilons=eps, radius_tolerance=None).run(model, x, y)
-    assert (result.certified >= crown.certified).all() and result.certified[0].sum() > crown.certified[0].sum() - 1
+    assert (result.certified >= crown.certified).all()
+    assert result.tightened["per_epsilon"][0]["bab_ran_on"] > 0  # something was left to branch on
     apgd = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "attack" / "apgd.yaml")
     attacks = build_attacks({**cfg.attack, "apgd": apgd})  # the run's, and APGD-CE + APGD-T
     for name, attack in attacks.items():
-        _, masks = robust_masks(model, attack, x, y, eps, 60, int(cfg.seed))
+        _, masks = robust_masks(model, attack, x, y, eps, 40, int(cfg.seed))
         for e, robust in enumerate(masks):
             assert not (result.certified[e] & ~robust).any(), f"{name} broke an image verified at ε={eps[e]}"
             # and what branch and bound falsified, an attack may break too; never a verified one
