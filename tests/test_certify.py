@@ -633,19 +633,24 @@ def test_the_certify_command_writes_beside_the_run_and_repeats_the_runs_numbers(
     assert [r.path for r in find_runs(run_dir)] == [run_dir]  # its folder is not a training run
 
 
+def saved_model_and_test(run_dir: Path, n: int):
+    """(the run's config, its saved model in eval mode, the first ``n`` MNIST test images and labels)."""
+    from isorobust import io
+    from isorobust.data import load_mnist
+
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    data = load_mnist(root=cfg.dataset.root, download=False, test_size=n)
+    return cfg, io.load_model(run_dir / "model.pt").eval(), data.test.x, data.test.y
+
+
 @requires_mnist
 @pytest.mark.e2e
 def test_no_certified_sample_is_broken_by_any_attack_of_the_run(certified_run):
-    from isorobust import io
-    from isorobust.data import load_mnist
     from isorobust.evaluation.attacks import robust_masks
     from isorobust.pipeline import build_attacks
 
-    _, run_dir, _ = certified_run
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    model = io.load_model(run_dir / "model.pt").eval()
-    data = load_mnist(root=cfg.dataset.root, download=False, test_size=200)
-    x, y = data.test.x, data.test.y
+    cfg, model, x, y = saved_model_and_test(certified_run[1], 200)
+    run_dir = certified_run[1]
     written = pd.read_csv(run_dir / "certified.csv")
     result = Certifier(method="crown", epsilons=written["epsilon"].tolist(), radius_tolerance=None).run(model, x, y)
     for acc, expected in zip(result.certified_accuracy(), written["certified_accuracy"]):  # the run's, recomputed
@@ -690,16 +695,10 @@ def test_the_certify_command_tightens_with_alpha_crown_and_branch_and_bound(cert
 @requires_mnist
 @pytest.mark.e2e
 def test_no_image_verified_by_branch_and_bound_is_broken_by_any_attack(certified_run):
-    from isorobust import io
-    from isorobust.data import load_mnist
     from isorobust.evaluation.attacks import robust_masks
     from isorobust.pipeline import build_attacks
 
-    _, run_dir, _ = certified_run
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    model = io.load_model(run_dir / "model.pt").eval()
-    data = load_mnist(root=cfg.dataset.root, download=False, test_size=40)
-    x, y = data.test.x, data.test.y
+    cfg, model, x, y = saved_model_and_test(certified_run[1], 40)
     eps = [0.01]
     result = Certifier(method="bab", epsilons=eps, radius_tolerance=None, alpha={"iterations": 10},
                        bab={"timeout": 1.5}).run(model, x, y)

@@ -99,6 +99,7 @@ class Domains:
                  beta: list[Tensor], bounds: Tensor):
         self.lower, self.upper, self.alpha, self.beta = lower, upper, alpha, beta
         self.bounds = bounds  # (D, R) the best lower bound of each margin on the domain (its parents' count)
+        self.fresh: list[Tensor | None] | None = None  # after a split: CROWN's lines on the new intervals
 
     @property
     def proved(self) -> Tensor:
@@ -168,9 +169,8 @@ class BranchAndBound:
         acts = root.acts
         domains = Domains([b[0].detach() for b in boxes], [b[1].detach() for b in boxes],
                           [p.detach().clone() if p is not None else None for p in root.parameters[root.depth]],
-                          [margins.new_zeros(2, *margins.shape, b[0].shape[1]) for b in boxes], margins)
-        # β lives as (2, D, R, n): [0] for z ≥ l (a raised lower bound), [1] for z ≤ u; stored D-first below
-        domains.beta = [b.transpose(0, 1).contiguous() for b in domains.beta]
+                          # β per layer, (D, 2, R, n): [:, 0] prices z ≥ l (a raised lower bound), [:, 1] z ≤ u
+                          [margins.new_zeros(1, 2, margins.shape[1], b[0].shape[1]) for b in boxes], margins)
         count, rounds = 1, 0
         while len(domains):
             rounds += 1
@@ -199,7 +199,7 @@ class BranchAndBound:
         holds 0 (tanh: each half convex or concave; ReLU: each half linear), else at its midpoint."""
         layer, neuron = self.choose(parents, acts)
         rows = torch.arange(len(parents), device=self.x.device)
-        left, right = parents.take(torch.cat([rows, rows])), None
+        left = parents.take(torch.cat([rows, rows]))
         d = len(parents)
         for j in range(len(parents.lower)):
             here = (layer == j).nonzero()[:, 0]
@@ -254,7 +254,6 @@ class BranchAndBound:
     def choose(self, domains: Domains, acts: Sequence[nn.Module | None]) -> tuple[Tensor, Tensor]:
         """(layer, neuron) per domain: the largest |λ|·gap over neurons whose interval is still wide."""
         with torch.no_grad():
-            rows = self.solver.weight.shape[1]
             lines = [None if a is None else relaxation(a, lo[:, None, :], up[:, None, :], None)
                      for a, lo, up in zip(acts, domains.lower, domains.upper)]
             coefs: list[Tensor] = []
@@ -330,7 +329,7 @@ class BranchAndBound:
         counterexample)."""
         count = len(domains)
         alpha = [None if a is None else a.clone() for a in domains.alpha]
-        fresh = getattr(domains, "fresh", None)
+        fresh = domains.fresh
         if fresh is not None:  # the better start per domain: its parent's α or CROWN's lines on its intervals
             with torch.no_grad():
                 pulls = []
