@@ -57,8 +57,6 @@ def per_row_lines(act: nn.Module | None, box: Box, rows: int, parameters: Tensor
     """The lines of ``act`` on ``box`` (B, n) for ``rows`` specification rows, (B, rows or 1, n) each: what
     depends on the interval alone is computed once per neuron and broadcast over the rows."""
     lower, upper = (b[:, None, :] for b in box)
-    if parameters is None:
-        return relaxation(act, lower, upper)
     return relaxation(act, lower, upper, parameters)
 
 

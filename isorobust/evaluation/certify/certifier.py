@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,13 @@ from .network import certifiable_layers, method_label
 from .search import GridSearch, certified_radius, certify_grid, clean_predictions, in_batches
 
 CERTIFY_METHODS = ("ibp", "crown", "alpha_crown", "bab")
+
+
+CERTIFIED_COLUMNS = [
+    "dataset", "model", "reg", "reg_weight", "reg_scale", "seed",
+    "method", "epsilon", "n_samples", "clean_accuracy", "certified_accuracy", "unknown",
+]
+CERTIFIED = "certified"  # the column of robustness.md
 
 
 def bracket_note(attacks: pd.DataFrame, certified: pd.DataFrame) -> str:
@@ -45,12 +52,6 @@ def bracket_note(attacks: pd.DataFrame, certified: pd.DataFrame) -> str:
         return ""
     return "- bracket (certified on the first " + f"{int(certified['n_samples'].iloc[0])} test samples, attacked on " \
         + f"{int(linf['n_samples'].max())}): " + "; ".join(lines) + "\n"
-
-CERTIFIED_COLUMNS = [
-    "dataset", "model", "reg", "reg_weight", "reg_scale", "seed",
-    "method", "epsilon", "n_samples", "clean_accuracy", "certified_accuracy", "unknown",
-]
-CERTIFIED = "certified"  # the column of robustness.md
 
 
 @dataclass
@@ -136,9 +137,8 @@ class CertifyResult:
         return text
 
 
-ALPHA_DEFAULTS = {"iterations": 30, "lr": 0.1, "intermediate": True}
-BAB_DEFAULTS = {"timeout": 20.0, "max_domains": 20000, "batch": 64, "iterations": 10, "lr_alpha": 0.1,
-                "lr_beta": 0.05, "attack_steps": 50, "attack_restarts": 5}
+ALPHA_DEFAULTS = asdict(AlphaOptions())  # the options' defaults live in their dataclasses, once
+BAB_DEFAULTS = asdict(BabOptions())
 
 
 def _number(value: Any, low: float, integer: bool = False) -> bool:

@@ -144,7 +144,8 @@ def crown(layers: Sequence[nn.Module], x: Tensor, y: Tensor, eps: float | Tensor
         # (``s_shaped_upper_line``): neither choice dominates, and on the reference's own model each alone
         # falls below its bounds on a few (image, margin) pairs, by up to 1.4e-4 (exact) or 6e-4 (rounded);
         # the better of the two per margin does not. The K − 1 rows cost ~1 % of the intermediate layers'.
-        rounded = [_lines(act, *box, rounded=True) for act, box in zip(acts, boxes)]
+        rounded = [_lines(act, *box, rounded=True) if isinstance(act, S_SHAPED) else lines  # ReLU: the same lines
+                   for act, box, lines in zip(acts, boxes, relaxed)]
         bound = torch.maximum(bound, _backsubstitute(weight, bias, depth, affines, rounded, first_centre, radius))
     hidden_lower, hidden_upper = monotone_box(acts[depth - 1], *boxes[depth - 1])
     margins = torch.maximum(bound, concretize(weight, bias, hidden_lower, hidden_upper))
