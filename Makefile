@@ -23,5 +23,7 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(VENV)/bin/isorobust train +reg=isometric
 
+# The layer contract first (pyproject.toml, docs/architecture.md): an upward import fails before the tests run.
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest

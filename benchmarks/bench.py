@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from isorobust.data import load_mnist
-from isorobust.evaluation.attacks import LinfPGD, robust_masks
+from isorobust.attacks.base import LinfPGD, robust_masks
 from isorobust.io import write_text
 from isorobust.losses import isometric_loss, isometric_loss_reference
 from isorobust.models import MLP
@@ -189,8 +189,8 @@ def bench_attack_strength(data, n: int, n_autoattack: int) -> list[tuple[str, st
     """The full-strength attacks: default PGD and apgd sweeps over the grid, AutoAttack on
     ``n_autoattack`` images at 4 radii with per-component times, each as attacked
     (sample, ε, iteration) per second next to the model's arithmetic limit."""
-    from isorobust.evaluation.apgd import APGD
-    from isorobust.evaluation.autoattack import AutoAttack
+    from isorobust.attacks.apgd import APGD
+    from isorobust.attacks.autoattack import AutoAttack
 
     model = trained_reference(data)
     macs = mlp_macs_per_iteration(model)
@@ -240,8 +240,8 @@ def bench_autoattack_before_after(data, n: int) -> list[tuple[str, str]]:
     and Square) against this one, on the same images and radii, side by side."""
     import torchattacks as ta
 
-    from isorobust.evaluation.attacks import Attack
-    from isorobust.evaluation.autoattack import AutoAttack
+    from isorobust.attacks.base import Attack
+    from isorobust.attacks.autoattack import AutoAttack
 
     class PreviousAutoAttack(Attack):
         name = "autoattack-previous"
@@ -296,7 +296,7 @@ def crown_macs_per_sample(model: torch.nn.Module) -> int:
 def bench_certify(data, n: int, eps: float = 0.01) -> list[tuple[str, str]]:
     """Certified accuracy of ``n`` test images at one ε by IBP and by CROWN (the one-epoch reference MLP,
     the default ``model=mlp``), CROWN next to its arithmetic limit at the machine's matmul rate."""
-    from isorobust.evaluation.certify import Certifier
+    from isorobust.certification import Certifier
 
     model = trained_reference(data)
     x, y = data.test.x[:n], data.test.y[:n]
@@ -341,8 +341,8 @@ def bench_tight(data, n: int, n_bab: int, eps: float = 0.01) -> list[tuple[str, 
     """α-CROWN per optimisation step and branch and bound per image on the one-epoch reference MLP, on the
     images CROWN leaves open at ``eps``; α-CROWN next to its arithmetic limit (a step is a CROWN pass with an
     autograd graph and its backward pass: about 3× CROWN's multiply-adds)."""
-    from isorobust.evaluation.certify import AlphaOptions, Certifier, alpha_crown_margin_bounds, certifiable_layers
-    from isorobust.evaluation.certify.search import in_batches
+    from isorobust.certification import AlphaOptions, Certifier, alpha_crown_margin_bounds, certifiable_layers
+    from isorobust.certification.search import in_batches
 
     model = trained_reference(data)
     for p in model.parameters():

@@ -19,10 +19,10 @@ import torch
 from omegaconf import OmegaConf
 
 from isorobust import io
-from isorobust.evaluation.apgd import APGD
-from isorobust.evaluation.attacks import LinfPGD, robust_masks
-from isorobust.evaluation.certify import Certifier
-from isorobust.sweeps.aggregate import certify_summary
+from isorobust.attacks.apgd import APGD
+from isorobust.attacks.base import LinfPGD, robust_masks
+from isorobust.certification import Certifier
+from isorobust.reports.aggregate import certify_summary
 
 RADII = [0.003, 0.01, 0.03]
 

@@ -20,8 +20,8 @@ import torch
 from omegaconf import OmegaConf
 
 from isorobust import io
-from isorobust.evaluation.apgd import APGD
-from isorobust.evaluation.attacks import FGSM, LinfPGD, robust_masks
+from isorobust.attacks.apgd import APGD
+from isorobust.attacks.base import FGSM, LinfPGD, robust_masks
 from isorobust.config import resolve_device
 
 _PGD = OmegaConf.load(Path(__file__).parents[1] / "configs" / "attack" / "pgd.yaml")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from isorobust.errors import IsorobustError
+from isorobust.errors import Abort, IsorobustError, find_user_error
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # An editable install / source checkout reads ./configs; a wheel carries them inside the package.
@@ -26,9 +26,12 @@ commands:
   check     gradient-masking sanity checks of a saved run: isorobust check run=<run dir>
   certify   certified bounds of a saved run: isorobust certify run=<run dir> [certify=ibp|alpha_crown|bab]
             (writes <run dir>/certify/certified.csv, which sweep summaries and reports pick up)
+            attack, check and certify also take a model trained elsewhere instead of run=:
+            checkpoint=<state_dict file> model._target_=<module.factory> dataset=<name>
   report    aggregate the runs below a folder: isorobust report outputs/multirun/<date>/<time>
             or several sweeps into one study: isorobust report SWEEP1 SWEEP2 --out docs/results/mnist.md
             or a sensitivity study: isorobust report --sensitivity REFERENCE Q1 Q2 ... --out FILE.md
+  figure    figures across runs: isorobust figure torus RUN_OR_SWEEP... --out FILE.png
 
 train and attack take Hydra overrides and --help, --cfg job, -m (multirun), hydra.run.dir=...
 """
@@ -59,18 +62,38 @@ def check_group_overrides(args: list[str]) -> None:
                 fail(f"unknown {group} {name!r} (choose from: {', '.join(known)})")
 
 
-def check_saved_run(command: str, args: list[str]) -> None:
-    """``isorobust certify`` writes beside the run (``<run>/certify``): a wrong ``run=`` must fail before
-    Hydra creates that folder inside a path that is not a run."""
-    if command != "certify":
-        return
-    if not any(arg.startswith(("run=", "-")) for arg in args):  # -h, --cfg, -m ... are Hydra's to answer
-        fail("isorobust certify needs run=<run dir> (a folder `isorobust train` wrote)")
+def check_launcher_overrides(args: list[str]) -> None:
+    """Launcher settings Hydra would only reject with a traceback from inside the launcher."""
     for arg in args:
-        if arg in ("certify=null", "certify=[]"):
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") in ("hydra.launcher.n_jobs", "hydra.launcher.cpus_per_task", "hydra.launcher.tasks_per_node"):
+            try:
+                number = int(value)
+            except ValueError:
+                number = None
+            name = key.lstrip("+")
+            if name.endswith("n_jobs") and (number is None or number == 0):
+                fail(f"{arg}: hydra.launcher.n_jobs must be a non-zero integer (N parallel jobs; -1 = one per core, "
+                     "-2 = all cores but one)")
+            if not name.endswith("n_jobs") and (number is None or number < 1):
+                fail(f"{arg}: {name} must be an integer >= 1")
+
+
+def check_saved_run(command: str, args: list[str]) -> None:
+    """``attack``, ``check`` and ``certify`` evaluate a run directory or an external model; a wrong
+    ``run=`` must fail before Hydra creates ``<run>/certify`` inside a path that is not a run."""
+    if command not in ("attack", "check", "certify"):
+        return
+    if not any(arg.startswith(("run=", "checkpoint=", "-")) for arg in args):  # -h, --cfg, -m: Hydra's to answer
+        fail(f"isorobust {command} needs run=<run dir> (a folder `isorobust train` wrote), or a model trained "
+             "elsewhere: checkpoint=<state_dict file> model._target_=<module.factory> dataset=<name>")
+    for arg in args:
+        if command == "certify" and arg in ("certify=null", "certify=[]"):
             fail(f"{arg}: isorobust certify needs a method (certify=crown, alpha_crown, bab or ibp)")
         if arg.startswith("run=") and "," not in arg:
             run = Path(arg[len("run="):]).expanduser()
+            if not run.is_dir():
+                fail(f"{run} is not an isorobust run directory (not found)")
             if not (run / ".hydra" / "config.yaml").is_file():
                 fail(f"{run} is not an isorobust run directory (no .hydra/config.yaml)")
 
@@ -79,10 +102,12 @@ OPTUNA = "hydra/sweeper=optuna"
 
 
 def optuna_arguments(args: list[str]) -> list[str]:
-    """``hydra/sweeper=optuna``: the plugin must be installed (else one line with the pip command), and the
-    study maximises, since the objective is a robust accuracy: ``hydra.sweeper.direction=maximize`` is
-    added unless the command line sets a direction (the plugin's own default is minimize)."""
-    if OPTUNA not in args:
+    """``hydra/sweeper=optuna_maximize`` (configs/hydra/sweeper/: the plugin's sweeper, set to maximise the
+    objective, a robust accuracy) or the plugin's own ``hydra/sweeper=optuna`` (its default direction,
+    minimize, stops the study before training; objective.check_objective): the plugin must be installed,
+    else one line with the pip command. The arguments come back unchanged: the direction is the config's."""
+    chosen = next((arg for arg in args if arg.startswith(OPTUNA)), None)
+    if chosen is None:
         return args
     try:
         import optuna  # noqa: F401
@@ -90,21 +115,8 @@ def optuna_arguments(args: list[str]) -> list[str]:
     except ImportError:
         from isorobust.tracking import install_command
 
-        fail(f"{OPTUNA} needs the Optuna sweeper, which is not installed: {install_command('optuna')}")
-    if any(a.startswith("hydra.sweeper.direction=") for a in args):
-        return args
-    return [*args, "hydra.sweeper.direction=maximize"]
-
-
-def find_user_error(exc: BaseException | None) -> IsorobustError | None:
-    """The IsorobustError behind ``exc`` (hydra.utils.instantiate wraps what a target raises)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, IsorobustError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+        fail(f"{chosen} needs the Optuna sweeper, which is not installed: {install_command('optuna')}")
+    return args
 
 
 def hydra_app(config_name: str, job: Callable[[Any, Path], Any]) -> Callable[[], Any]:
@@ -124,26 +136,39 @@ def hydra_app(config_name: str, job: Callable[[Any, Path], Any]) -> Callable[[],
     return app
 
 
-COMMANDS = ("train", "attack", "check", "certify", "report")
+COMMANDS = ("train", "attack", "check", "certify", "report", "figure")
 
 
-def pipeline_job(name: str) -> Callable[[Any, Path], Any]:
+def command_job(name: str) -> Callable[[Any, Path], Any]:
     def job(cfg: Any, out_dir: Path) -> Any:
-        from isorobust import pipeline  # imported here: torch costs seconds, --help should not
-
+        # imported here: torch costs seconds, --help should not
         if name != "train":
-            return getattr(pipeline, name)(cfg, out_dir)
+            from isorobust.jobs import saved
+
+            result = getattr(saved, name)(cfg, out_dir)
+            wrote(out_dir)
+            return result
+        from isorobust.jobs.train import train
         from isorobust.sweeps import objective
 
-        # An optimizing sweeper (hydra/sweeper=optuna) reads the job's return value: the objective,
-        # checked before training. Every other run returns its metrics, as before.
+        # An optimizing sweeper (hydra/sweeper=optuna_maximize) reads the job's return value: the objective,
+        # checked before training. Every other run returns its metrics.
         if not objective.optimizing_sweep():
-            return pipeline.train(cfg, out_dir)
+            metrics = train(cfg, out_dir)
+            wrote(out_dir)
+            return metrics
         objective.check_objective(cfg)
-        pipeline.train(cfg, out_dir)
+        train(cfg, out_dir)
+        wrote(out_dir)
         return objective.job_objective(cfg, out_dir)
 
     return job
+
+
+def wrote(folder: Path, files: list[Path] | None = None) -> None:
+    """Every command's last line: the folder it wrote (and, where it wrote few, which files)."""
+    names = f" ({', '.join(p.name if p.parent == folder else str(p) for p in files)})" if files else ""
+    print(f"isorobust: results in {folder}{names}", flush=True)
 
 
 def report(args: list[str]) -> None:
@@ -166,8 +191,8 @@ def report(args: list[str]) -> None:
                              "every other DIR one question, compared with β=0 at matched settings")
     parser.error = fail  # type: ignore[method-assign]  # one line, like every other error
     options = parser.parse_args(args)
-    from isorobust.sweeps.report import write_report
-    from isorobust.sweeps.study import write_study
+    from isorobust.reports.study import write_study
+    from isorobust.reports.sweep import write_report
 
     if options.sensitivity and options.out is None:
         fail("--sensitivity needs --out FILE.md")
@@ -177,7 +202,7 @@ def report(args: list[str]) -> None:
         if options.out is None:
             result = write_report(options.dirs[0])
         elif options.sensitivity:
-            from isorobust.sweeps.sensitivity import write_sensitivity
+            from isorobust.reports.sensitivity import write_sensitivity
 
             result = write_sensitivity(options.dirs, options.out)
         else:
@@ -185,7 +210,35 @@ def report(args: list[str]) -> None:
     except IsorobustError as exc:
         fail(str(exc))
     print(result.markdown, end="", flush=True)
-    print("wrote " + ", ".join(str(p) for p in result.files), flush=True)
+    wrote(result.files[0].parent, result.files)
+
+
+def figure(args: list[str]) -> None:
+    """``isorobust figure torus RUN_OR_SWEEP... --out FILE.png``: not a Hydra app, it reads run directories."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="isorobust figure",
+        description="Figures across runs. torus: put torus runs side by side: each run's local distortion "
+                    "K̂·d_z/d_x on the (u, v) square, class boundaries on top, one colour scale (e.g. β = 0 "
+                    "beside β > 0).",
+    )
+    parser.add_argument("kind", choices=["torus"], help="which figure")
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="a torus run directory, or a sweep directory "
+                        "(its runs in the order of β)")
+    parser.add_argument("--out", required=True, type=Path, metavar="FILE.png")
+    parser.add_argument("--layer", type=int, default=None,
+                        help="hidden layer (default: the one the isometric term acts on, -1 = the last)")
+    parser.add_argument("--limit", type=float, default=4.0, help="colour scale from 1/LIMIT to LIMIT (default 4)")
+    parser.error = fail  # type: ignore[method-assign]  # one line, like every other error
+    options = parser.parse_args(args)
+    from isorobust.jobs.figure import side_by_side
+
+    try:
+        out = side_by_side(options.runs, options.out, options.layer, options.limit)
+    except IsorobustError as exc:
+        fail(str(exc))
+    wrote(out.parent, [out])
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -203,16 +256,21 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"unknown command {command!r} (choose from: {', '.join(COMMANDS)})")
     if command == "report":
         return report(rest)
-    from isorobust.resolvers import register_resolvers  # for --cfg job --resolve
+    if command == "figure":
+        return figure(rest)
+    from isorobust.sweeps.resolvers import register_resolvers  # for --cfg job --resolve
 
     register_resolvers()
     check_group_overrides(rest)
+    check_launcher_overrides(rest)
     check_saved_run(command, rest)
     rest = optuna_arguments(rest)
     signal.signal(signal.SIGTERM, _terminate)
     sys.argv = [f"isorobust-{command}", *rest]
     try:
-        hydra_app(command, pipeline_job(command))()
+        hydra_app(command, command_job(command))()
+    except Abort as abort:
+        fail(str(abort.error))
     except KeyboardInterrupt:
         fail("interrupted; results of the unfinished job were not written", code=130)
 

@@ -1,10 +1,9 @@
 """Checks on a composed configuration, gathered into one message before any work starts."""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 
 from isorobust.errors import ConfigError
@@ -50,13 +49,41 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("eval.n_samples", lambda v: isinstance(v, int) and v >= 1, "null or an integer >= 1"),
     ("eval.batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("seed", lambda v: isinstance(v, int), "an integer"),
-    ("certify.method", lambda v: v in ("ibp", "crown", "alpha_crown", "bab"), "ibp, crown, alpha_crown or bab"),
-    ("certify.n_samples", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-     "null or an integer >= 1"),
-    ("certify.batch_size", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
-    ("certify.radius_tolerance", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
-     "null or a number in (0, 1)"),
 ]
+# (the certify group's rules live with the certifier: certification.Certifier.problems)
+
+
+# Keys of a composed configuration that do not change a run's results: a resumed sweep may set them
+# differently (resume), they do not make two runs different configurations (sweep reports, sensitivity
+# matching), and trackers leave them out of run names. A dotted key covers everything below it: ``logger``,
+# ``objective`` and ``certify`` say how a run is tracked, ranked or bounded, not what it trains or attacks
+# (a certification is kept apart from the attack results, under its own method name).
+RESULT_NEUTRAL = ("resume", "threads", "device", "dataset.root", "dataset.download", "trainer.resume",
+                  "logger", "objective", "certify")
+
+
+def result_neutral(key: str) -> bool:
+    """Whether the dotted key (``trainer.lr``, ``+logger``, ``~certify``) is one of RESULT_NEUTRAL or below one."""
+    key = key.lstrip("+~")
+    return any(key == k or key.startswith(k + ".") for k in RESULT_NEUTRAL)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as dotted keys (``trainer.lr``) and its leaf values (lists stay one value)."""
+    if isinstance(node, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def differing_keys(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Collection[str] = ()) -> list[str]:
+    """The dotted keys (``trainer.lr``) whose values differ between two nested configs, leaving out the
+    result-neutral keys and everything under the top-level nodes ``ignore``."""
+    flat_a, flat_b = flatten(a), flatten(b)
+    keys = sorted(k for k in set(flat_a) | set(flat_b) if not result_neutral(k) and k.split(".", 1)[0] not in ignore)
+    return [k for k in keys if flat_a.get(k) != flat_b.get(k)]
 
 
 def regularizer_terms(reg: Any) -> dict[str, Any]:
@@ -69,8 +96,16 @@ def regularizer_terms(reg: Any) -> dict[str, Any]:
     return {f"reg.{name}": term for name, term in reg.items() if isinstance(term, Mapping)}
 
 
-def validate(cfg: DictConfig, required: tuple[str, ...] = ()) -> None:
-    """Raise one ConfigError listing every bad value (keys absent from ``cfg`` are skipped)."""
+def validate(cfg: DictConfig, required: tuple[str, ...] = (), more: Sequence[str] = ()) -> None:
+    """Raise one ConfigError listing every bad value (keys absent from ``cfg`` are skipped), with the
+    ``more`` problems the callers found by rules that live elsewhere (the certifier's)."""
+    problems = list(problems_of(cfg, required)) + list(more)
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+
+def problems_of(cfg: DictConfig, required: tuple[str, ...] = ()) -> list[str]:
+    """Every bad value of ``cfg`` by the rules of this module."""
     problems = []
     for key, ok, want in RULES:
         value = _get(cfg, key)
@@ -92,14 +127,6 @@ def validate(cfg: DictConfig, required: tuple[str, ...] = ()) -> None:
         bad = [e for e in epsilons if not _is_number(e) or not 0 <= e <= 1]
         if bad:
             problems.append(f"eval.epsilons must lie in [0, 1] for inputs in [0, 1] (got {', '.join(map(str, bad))})")
-    certify_epsilons = _get(cfg, "certify.epsilons")
-    if certify_epsilons is not None:
-        if not isinstance(certify_epsilons, Sequence) or isinstance(certify_epsilons, str):
-            certify_epsilons = [certify_epsilons]  # a single value: judged as a one-element list
-        bad = [e for e in certify_epsilons if not _is_number(e) or not 0 <= e <= 1]
-        if bad or not list(certify_epsilons):
-            problems.append(f"certify.epsilons must be non-empty and in [0, 1] for inputs in [0, 1] "
-                            f"(got {', '.join(map(str, bad)) or 'none'})")
     for name, attack in (_get(cfg, "attack") or {}).items():
         if not isinstance(attack, DictConfig):
             continue
@@ -116,15 +143,19 @@ def validate(cfg: DictConfig, required: tuple[str, ...] = ()) -> None:
                                 f"(got {', '.join(map(str, bad)) or 'none'})")
     device = _get(cfg, "device")
     if device is not None and device != "auto":
+        import torch
+
         try:
             torch.device(device)
         except (RuntimeError, TypeError):
             problems.append(f"device must be auto, cpu, cuda, cuda:N or mps (got {device!r})")
-    if problems:
-        raise ConfigError("invalid configuration: " + "; ".join(problems))
+    return problems
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str) -> Any:
+    """``device=auto|cpu|cuda[:N]|mps`` as a torch.device (torch is imported here, not at start-up)."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

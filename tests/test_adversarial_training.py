@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from isorobust.data import load_mnist
-from isorobust.evaluation.attacks import LinfPGD, robust_accuracy_curve
+from isorobust.attacks.base import LinfPGD, robust_accuracy_curve
 from isorobust.models import MLP
 from isorobust.training import AdversarialTrainer, StandardTrainer
 from isorobust.training.adversarial import linf_pgd

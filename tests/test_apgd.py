@@ -1,11 +1,11 @@
-"""APGD-CE / APGD-T (isorobust.evaluation.apgd) against torchattacks' port, and AutoAttack's order."""
+"""APGD-CE / APGD-T (isorobust.attacks.apgd) against torchattacks' port, and AutoAttack's order."""
 import pytest
 import torch
 
-from isorobust.evaluation.apgd import APGD, apgd_ce_then_targeted, apgd_run, dlr_targeted_loss
-from isorobust.evaluation.attacks import LinfPGD, frozen, robust_accuracy_curve, robust_masks
-from isorobust.evaluation.autoattack import AutoAttack
-from isorobust.evaluation.checks import noise
+from isorobust.attacks.apgd import APGD, apgd_ce_then_targeted, apgd_run, dlr_targeted_loss
+from isorobust.attacks.base import LinfPGD, frozen, robust_accuracy_curve, robust_masks
+from isorobust.attacks.autoattack import AutoAttack
+from isorobust.checks import noise
 from tests.conftest import brightest_row_data, fit_tiny_mlp
 
 
@@ -104,7 +104,7 @@ def test_autoattack_runs_its_four_components_in_order_on_what_the_previous_left(
     model, x, y = tiny
     aa = AutoAttack(steps=10, square_queries=20, n_target_classes=9)
     seen = []
-    import isorobust.evaluation.autoattack as autoattack
+    import isorobust.attacks.autoattack as autoattack
 
     real_pair = autoattack.apgd_ce_then_targeted
 

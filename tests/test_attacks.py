@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from isorobust.evaluation.attacks import FGSM, LinfPGD, robust_accuracy_curve
+from isorobust.attacks.base import FGSM, LinfPGD, robust_accuracy_curve
 from isorobust.models import MLP
 
 

@@ -1,4 +1,4 @@
-"""Certified lower bounds (isorobust.evaluation.certify): soundness against sampling, corners and PGD
+"""Certified lower bounds (isorobust.certification): soundness against sampling, corners and PGD
 inside the ball, exactness on a linear network, CROWN never looser than IBP, the activation lines on
 dense grids, the ε = 0 / monotonicity / radius properties, aggregation over seeds, and a real MNIST run
 whose certified samples no attack of the run broke. Small float64 networks unless said otherwise."""
@@ -13,12 +13,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from isorobust.models import load_model
 from isorobust.errors import ConfigError
-from isorobust.evaluation.certify import (
+from isorobust.certification import (
     CERTIFIED_COLUMNS, Certifier, certifiable_layers, certified_mask, certify_grid, clean_predictions,
     crown_margin_bounds, ibp_layer, ibp_margin_bounds, input_box, min_margin_bounds, relaxation,
 )
-from isorobust.evaluation.robustness import TABLE_COLUMNS
+from isorobust.rundir import TABLE_COLUMNS
 from isorobust.models import CNN, MLP, HierarchicalMLP
 from tests.conftest import brightest_row_data, finished_run, fit_tiny_mlp, requires_mnist, run_cli
 from tests.test_cli import assert_one_line_error
@@ -422,9 +423,10 @@ def make_sweep(folder: Path, certified: bool | str) -> Path:
 
 
 def test_summaries_give_certified_accuracy_the_same_statistics_and_leave_other_runs_alone(tmp_path):
-    from isorobust.sweeps.aggregate import aggregate_robustness, find_runs, paired_differences, summary_frame
-    from isorobust.sweeps.report import write_report
-    from isorobust.sweeps.study import write_study
+    from isorobust.reports.aggregate import aggregate_robustness, paired_differences, summary_frame
+    from isorobust.rundir import find_runs
+    from isorobust.reports.sweep import write_report
+    from isorobust.reports.study import write_study
 
     with_cert, without = make_sweep(tmp_path / "cert", True), make_sweep(tmp_path / "plain", False)
     summary = summary_frame(find_runs(with_cert), with_cert)
@@ -475,8 +477,9 @@ def test_summaries_give_certified_accuracy_the_same_statistics_and_leave_other_r
 def test_runs_certified_afterwards_count_like_runs_certified_in_training(tmp_path):
     """`isorobust certify run=DIR` writes DIR/certify/: summaries read it as the run's own certified.csv,
     and its folder (a Hydra job named certify) is not taken for a training run."""
-    from isorobust.sweeps.aggregate import find_runs, summary_frame
-    from isorobust.sweeps.report import write_report
+    from isorobust.reports.aggregate import summary_frame
+    from isorobust.rundir import find_runs
+    from isorobust.reports.sweep import write_report
 
     own, after = make_sweep(tmp_path / "own", True), make_sweep(tmp_path / "after", "after")
     runs = find_runs(after)
@@ -485,7 +488,7 @@ def test_runs_certified_afterwards_count_like_runs_certified_in_training(tmp_pat
     first, second = summary_frame(find_runs(own), own), summary_frame(runs, after)
     pd.testing.assert_frame_equal(first[columns], second[columns])
     assert "## Median certified radius" in write_report(after).markdown
-    from isorobust.sweeps.study import write_study
+    from isorobust.reports.study import write_study
 
     # the attacks' upper bound of β=1 level with β=0's (seed by seed −1, +1, 0 points): only the lower bound rose
     for job, (weight, seed) in enumerate(sorted(CERTIFIED)):
@@ -502,8 +505,9 @@ def test_runs_certified_afterwards_count_like_runs_certified_in_training(tmp_pat
 def test_every_method_certified_afterwards_gets_its_own_rows_in_summaries_and_study_reports(tmp_path):
     """certify/ (CROWN) and certify_alpha_crown/ beside it: both methods reach the summary, with the same
     statistics, and the study report gets a section per method."""
-    from isorobust.sweeps.aggregate import find_runs, summary_frame
-    from isorobust.sweeps.study import write_study
+    from isorobust.reports.aggregate import summary_frame
+    from isorobust.rundir import find_runs
+    from isorobust.reports.study import write_study
 
     sweep = make_sweep(tmp_path / "sweep", "after")
     for job, (weight, seed) in enumerate(sorted(CERTIFIED)):
@@ -535,7 +539,7 @@ QUICK = ["dataset.train_size=200", "dataset.test_size=100", "trainer.epochs=1", 
     (["certify=crown", "certify.radius_tolerance=2"], "certify.radius_tolerance"),
     (["certify=ibp", "certify.batch_size=0"], "certify.batch_size"),
     (["certify=crown", "certify.n_samples=0"], "certify.n_samples"),
-    (["certify=crown", "certify.method=lp"], "certify.method must be ibp, crown, alpha_crown or bab"),
+    (["certify=crown", "certify.method=lp"], "certify.method must be one of ibp, crown, alpha_crown, bab"),
     (["certify=zonotope"], "unknown certify 'zonotope'"),
 ])
 def test_bad_certify_values_give_one_line_and_exit_status_2(tmp_path, overrides, needle):
@@ -628,26 +632,25 @@ def test_the_certify_command_writes_beside_the_run_and_repeats_the_runs_numbers(
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert record["certify"]["median_radius"] == pytest.approx(metrics["certify"]["median_radius"], abs=1e-7)
     assert record["run"] == str(run_dir.resolve()) and "median certified radius" in proc.stdout
-    from isorobust.sweeps.aggregate import find_runs
+    from isorobust.rundir import find_runs
 
     assert [r.path for r in find_runs(run_dir)] == [run_dir]  # its folder is not a training run
 
 
 def saved_model_and_test(run_dir: Path, n: int):
     """(the run's config, its saved model in eval mode, the first ``n`` MNIST test images and labels)."""
-    from isorobust import io
     from isorobust.data import load_mnist
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     data = load_mnist(root=cfg.dataset.root, download=False, test_size=n)
-    return cfg, io.load_model(run_dir / "model.pt").eval(), data.test.x, data.test.y
+    return cfg, load_model(run_dir / "model.pt").eval(), data.test.x, data.test.y
 
 
 @requires_mnist
 @pytest.mark.e2e
 def test_no_certified_sample_is_broken_by_any_attack_of_the_run(certified_run):
-    from isorobust.evaluation.attacks import robust_masks
-    from isorobust.pipeline import build_attacks
+    from isorobust.attacks.base import robust_masks
+    from isorobust.jobs.build import build_attacks
 
     cfg, model, x, y = saved_model_and_test(certified_run[1], 200)
     run_dir = certified_run[1]
@@ -695,8 +698,8 @@ def test_the_certify_command_tightens_with_alpha_crown_and_branch_and_bound(cert
 @requires_mnist
 @pytest.mark.e2e
 def test_no_image_verified_by_branch_and_bound_is_broken_by_any_attack(certified_run):
-    from isorobust.evaluation.attacks import robust_masks
-    from isorobust.pipeline import build_attacks
+    from isorobust.attacks.base import robust_masks
+    from isorobust.jobs.build import build_attacks
 
     cfg, model, x, y = saved_model_and_test(certified_run[1], 40)
     eps = [0.01]

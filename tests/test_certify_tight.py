@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from isorobust import io
+from isorobust.models import load_model
 from isorobust.data.idx import read_idx
-from isorobust.evaluation.certify import (AlphaOptions, BabOptions, Certifier, alpha_crown_margin_bounds,
+from isorobust.certification import (AlphaOptions, BabOptions, Certifier, alpha_crown_margin_bounds,
                                           branch_and_bound, certifiable_layers, crown_margin_bounds, relaxation)
-from isorobust.evaluation.certify.bab import FALSIFIED, UNKNOWN, VERIFIED, BranchAndBound
-from isorobust.evaluation.certify.relaxations import initial_parameters
+from isorobust.certification.bab import FALSIFIED, UNKNOWN, VERIFIED, BranchAndBound
+from isorobust.certification.relaxations import initial_parameters
 from tests.test_certify import grid_intervals, observed_minimum, tiny_case, tiny_networks
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "certify"
@@ -36,7 +36,7 @@ def oracle():
             pytest.fail(f"the reference bounds ({REFERENCE}) and ISOROBUST_DATA must be there under CI")
         pytest.skip("needs ../shared/reference/certify and ISOROBUST_DATA")
     bounds = torch.load(REFERENCE / "bounds.pt", weights_only=True)
-    model = io.load_model(REFERENCE / "model.pt").eval()
+    model = load_model(REFERENCE / "model.pt").eval()
     n = int(bounds["n"])
     x = read_idx(Path(DATA) / "MNIST" / "raw" / "t10k-images-idx3-ubyte")[:n].float().div(255).view(n, 1, 28, 28)
     y = bounds["labels"]
@@ -176,9 +176,9 @@ def test_a_split_never_loosens_a_sub_domain_and_stays_sound(eps):
     with torch.no_grad():
         y = model(x).argmax(dim=1)
     search = BranchAndBound(model, layers, x, y, eps, BabOptions(batch=1, iterations=5), AlphaOptions(10, 0.1, True))
-    from isorobust.evaluation.certify.bab import Domains
-    from isorobust.evaluation.certify.crown import crown
-    from isorobust.evaluation.certify.alpha_crown import AlphaCrown
+    from isorobust.certification.bab import Domains
+    from isorobust.certification.crown import crown
+    from isorobust.certification.alpha_crown import AlphaCrown
     base = crown(layers, x, y, eps)
     with torch.enable_grad():
         root = AlphaCrown(base, y, AlphaOptions(10, 0.1, True))

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from isorobust.evaluation.attacks import FGSM, LinfPGD
-from isorobust.evaluation.autoattack import Square
-from isorobust.evaluation.checks import attack_checks, noise, table_checks
+from isorobust.attacks.base import FGSM, LinfPGD
+from isorobust.attacks.autoattack import Square
+from isorobust.checks import attack_checks, noise, table_checks
 from tests.conftest import brightest_row_data, fit_tiny_mlp
 
 
@@ -97,8 +97,8 @@ def test_pgd_close_to_apgd_fails_on_the_old_pgd_default_and_passes_on_the_new():
     from omegaconf import OmegaConf
 
     from isorobust.data import load_mnist
-    from isorobust.evaluation.apgd import APGD
-    from isorobust.evaluation.checks import check_pgd_matches_reference
+    from isorobust.attacks.apgd import APGD
+    from isorobust.checks import check_pgd_matches_reference
     from isorobust.models import mlp
     from tests.conftest import REPO
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from isorobust.models.checkpoint import load_model, model_checkpoint
 from isorobust import io
 from isorobust.config import validate
 from isorobust.errors import ConfigError
@@ -65,8 +66,8 @@ def test_isometric_term_on_a_hidden_layer_reaches_the_conv_weights(layer):
 def test_checkpoint_loads_through_the_fixed_table(tmp_path):
     assert MODEL_CLASSES["CNN"] is CNN
     model = CNN(input_shape=(1, 28, 28), channels=(3, 5), width=8, depth=2, num_classes=4)
-    io.save_torch(tmp_path / "model.pt", io.model_checkpoint(model))
-    loaded = io.load_model(tmp_path / "model.pt")
+    io.save_torch(tmp_path / "model.pt", model_checkpoint(model))
+    loaded = load_model(tmp_path / "model.pt")
     assert isinstance(loaded, CNN) and loaded.config == model.config
     x = torch.rand(3, 1, 28, 28)
     assert torch.equal(loaded(x), model(x))
@@ -92,5 +93,5 @@ def test_default_preset_trains_on_mnist_through_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["model"] == "cnn" and metrics["train_isometric_loss"] > 0
-    saved = io.load_model(run_dir / "model.pt")
+    saved = load_model(run_dir / "model.pt")
     assert isinstance(saved, CNN) and saved.config["channels"] == [32, 64] and saved.num_hidden == 3

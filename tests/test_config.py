@@ -47,9 +47,9 @@ def test_all_problems_in_one_message():
 
 
 def test_an_attack_set_to_null_is_dropped_and_a_bare_attack_node_is_refused():
-    from isorobust.pipeline import build_attacks
+    from isorobust.jobs.build import build_attacks
 
-    fgsm = {"_target_": "isorobust.evaluation.attacks.FGSM"}
+    fgsm = {"_target_": "isorobust.attacks.base.FGSM"}
     assert list(build_attacks(OmegaConf.create({"fgsm": fgsm, "autoattack": None}))) == ["fgsm"]
     with pytest.raises(ConfigError, match=r"attack.autoattack has settings but no attack"):
         build_attacks(OmegaConf.create({"fgsm": fgsm, "autoattack": {"n_samples": 500}}))

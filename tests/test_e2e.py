@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from isorobust.evaluation.robustness import TABLE_COLUMNS
+from isorobust.rundir import TABLE_COLUMNS
 from tests.conftest import finished_run, requires_mnist, run_cli
 
 pytestmark = [pytest.mark.e2e, requires_mnist]

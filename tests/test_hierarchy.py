@@ -8,12 +8,14 @@ import torch
 
 from isorobust.data import Split
 from isorobust.errors import ConfigError
-from isorobust.evaluation.attacks import FGSM
+from isorobust.attacks.base import FGSM
 from isorobust.hierarchy import Hierarchy, hierarchy_problems
-from isorobust.hierarchy.evaluation import (
-    LevelReadout, hierarchy_metrics, markdown_by_level, mean_error_tree_distance, robustness_by_level,
-)
-from isorobust.io import load_model, model_checkpoint, save_torch
+from isorobust.attacks.sweep import robustness_by_level
+from isorobust.metrics.hierarchy import hierarchy_metrics, mean_error_tree_distance
+from isorobust.models.hierarchical import LevelReadout
+from isorobust.reports.run import markdown_by_level
+from isorobust.io import save_torch
+from isorobust.models import load_model, model_checkpoint
 from isorobust.models import HierarchicalMLP
 from isorobust.training.hierarchical import level_losses, total_loss
 from tests.conftest import run_cli

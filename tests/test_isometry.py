@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from isorobust.evaluation.isometry import isometry_figures, measure_isometry, pair_distances, summarise
+from isorobust.metrics.isometry import isometry_figures, measure_isometry, pair_distances, summarise
 from isorobust.models import MLP
 
 

@@ -3,6 +3,7 @@ import pickle
 import pytest
 import torch
 
+from isorobust.models.checkpoint import load_model, model_checkpoint
 from isorobust import io
 from isorobust.errors import CheckpointError
 from isorobust.models import MLP, mlp
@@ -35,8 +36,8 @@ def test_seeded_init_is_deterministic():
 
 def test_checkpoint_round_trip(tmp_path):
     model = MLP(in_features=12, width=6, depth=2, num_classes=3)
-    io.save_torch(tmp_path / "model.pt", io.model_checkpoint(model))
-    loaded = io.load_model(tmp_path / "model.pt")
+    io.save_torch(tmp_path / "model.pt", model_checkpoint(model))
+    loaded = load_model(tmp_path / "model.pt")
     x = torch.rand(4, 12)
     assert torch.equal(loaded(x), model(x))
     assert not list(tmp_path.glob(".*tmp"))  # the temporary file was renamed away
@@ -53,25 +54,25 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.save({"format": "isorobust.model", "state_dict": Payload()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="refusing"):
-        io.load_model(tmp_path / "evil.pt")
+        load_model(tmp_path / "evil.pt")
     assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
     (tmp_path / "raw.pkl").write_bytes(pickle.dumps(Payload()))
     with pytest.raises(CheckpointError):
-        io.load_model(tmp_path / "raw.pkl")
+        load_model(tmp_path / "raw.pkl")
     assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
 
 
 def test_truncated_and_mismatched_checkpoints_are_refused(tmp_path):
     model = MLP(in_features=12, width=6, depth=2)
-    path = io.save_torch(tmp_path / "model.pt", io.model_checkpoint(model))
+    path = io.save_torch(tmp_path / "model.pt", model_checkpoint(model))
     data = path.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError):
-        io.load_model(tmp_path / "cut.pt")
-    ckpt = io.model_checkpoint(model)
+        load_model(tmp_path / "cut.pt")
+    ckpt = model_checkpoint(model)
     ckpt["model_config"]["width"] = 7  # the weights no longer fit
     io.save_torch(tmp_path / "other.pt", ckpt)
     with pytest.raises(CheckpointError, match="do not fit"):
-        io.load_model(tmp_path / "other.pt")
+        load_model(tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not found"):
-        io.load_model(tmp_path / "absent.pt")
+        load_model(tmp_path / "absent.pt")

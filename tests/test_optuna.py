@@ -1,4 +1,4 @@
-"""hydra/sweeper=optuna: the task returns the configured objective, the study's best trial is the run with the
+"""hydra/sweeper=optuna_maximize: the task returns the configured objective, the study's best trial is the run with the
 highest objective, and the trials land in the sweep summary; bad objectives stop before training."""
 import json
 import os
@@ -11,14 +11,15 @@ import yaml
 from omegaconf import OmegaConf
 
 from isorobust.errors import ConfigError, IsorobustError
-from isorobust.sweeps.objective import PENALTY, check_objective, value_from
+from isorobust.reports.objective import PENALTY, value_from
+from isorobust.sweeps.objective import check_objective
 from isorobust.tracking import install_command
 from tests.conftest import finished_run, requires_extras, requires_mnist, run_cli_without
 
 TINY = ["dataset.train_size=300", "dataset.test_size=100", "trainer.epochs=1", "attack=fgsm",
         "eval.epsilons=[0.05,0.1]", "check.enabled=false", "threads=1"]
 # seed 4 samples β = 7.38, 0.154, 7.78: the best trial is (most likely) not the first one
-SEARCH = ["hydra/sweeper=optuna", "+reg=isometric", "reg.weight=tag(log, interval(0.001, 10))",
+SEARCH = ["hydra/sweeper=optuna_maximize", "+reg=isometric", "reg.weight=tag(log, interval(0.001, 10))",
           "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=4", "objective.metric=fgsm",
           "objective.epsilon=0.05", *TINY]
 
@@ -100,9 +101,11 @@ def test_best_trial_is_the_run_with_the_highest_objective(search):
     best_overrides = yaml.safe_load((sweep_dir / best_job / ".hydra" / "overrides.yaml").read_text())
     assert f"reg.weight={results['best_params']['reg.weight']}" in best_overrides
     assert not (sweep_dir / "3").exists()  # n_trials=3
-    # maximised: isorobust adds the direction (the plugin's default is minimize)
+    # maximised: configs/hydra/sweeper/optuna_maximize.yaml sets the direction (the plugin's default is
+    # minimize), nothing is added to the command line
     hydra_record = yaml.safe_load((sweep_dir / "0" / ".hydra" / "hydra.yaml").read_text())
-    assert "hydra.sweeper.direction=maximize" in hydra_record["hydra"]["overrides"]["hydra"]
+    assert hydra_record["hydra"]["sweeper"]["direction"] == "maximize"
+    assert not [o for o in hydra_record["hydra"]["overrides"]["hydra"] if o.startswith("hydra.sweeper.direction")]
     assert "Directions: ['maximize']" in proc.stdout + proc.stderr
 
 
@@ -154,11 +157,21 @@ def test_bad_objective_stops_before_training(tmp_path, extra, message):
     assert not list(sweep_dir.glob("*/model.pt"))
 
 
+@requires_extras("optuna", "hydra_plugins.hydra_optuna_sweeper")
+def test_the_plugins_own_spelling_minimises_and_stops_before_training(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = cli("train", "-m", "hydra/sweeper=optuna", *SEARCH[1:], f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("isorobust: error: hydra.sweeper.direction=minimize: the objective is a robust accuracy")
+    assert not list(sweep_dir.glob("*/model.pt"))
+
+
 def test_missing_optuna_names_the_extra(tmp_path):
     proc = run_cli_without(["optuna"], "train", "-m", *SEARCH, f"hydra.sweep.dir={tmp_path / 'sweep'}",
                            cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "isorobust: error: hydra/sweeper=optuna needs the Optuna sweeper, which is not installed: "
+        "isorobust: error: hydra/sweeper=optuna_maximize needs the Optuna sweeper, which is not installed: "
         f"{install_command('optuna')}"]
     assert not (tmp_path / "sweep").exists()

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from isorobust.evaluation.attacks import frozen
-from isorobust.evaluation.paper import PaperFGSM
+from isorobust.attacks.base import frozen
+from isorobust.attacks.paper import PaperFGSM
 from isorobust.models import MLP
 from tests.conftest import brightest_row_data
 

@@ -16,8 +16,8 @@ from isorobust.losses import (
     jacobian_norm_squared,
 )
 from isorobust.models import MLP
-from isorobust.pipeline import build_regularizers, run_meta
-from isorobust.resolvers import isometric_setting
+from isorobust.jobs.build import build_regularizers, run_meta
+from isorobust.sweeps.resolvers import isometric_setting
 from isorobust.training import StandardTrainer
 from tests.conftest import brightest_row_data, requires_mnist
 

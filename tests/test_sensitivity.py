@@ -7,9 +7,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from isorobust.errors import IsorobustError
-from isorobust.evaluation.robustness import TABLE_COLUMNS
-from isorobust.sweeps.sensitivity import write_sensitivity
-from isorobust.sweeps.study import log_span
+from isorobust.rundir import TABLE_COLUMNS
+from isorobust.reports.sensitivity import write_sensitivity
+from isorobust.rundir import log_span
 from tests.conftest import run_cli
 from tests.test_cli import assert_one_line_error
 

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from isorobust.evaluation.attacks import FGSM, L2PGD, LinfPGD, robust_accuracy_curve
-from isorobust.evaluation.autoattack import AutoAttack, Square
-from isorobust.evaluation.paper import PaperFGSM
+from isorobust.attacks.base import FGSM, L2PGD, LinfPGD, robust_accuracy_curve
+from isorobust.attacks.autoattack import AutoAttack, Square
+from isorobust.attacks.paper import PaperFGSM
 from tests.conftest import brightest_row_data, fit_tiny_mlp
 
 
@@ -65,7 +65,8 @@ def test_paper_fgsm_depends_on_the_batch_and_the_weight(tiny):
 
 def test_trimmed_attack_runs_on_the_first_samples_and_the_worst_case_follows(tiny):
     from isorobust.data import Split
-    from isorobust.evaluation.robustness import markdown_table, robustness_table
+    from isorobust.attacks.sweep import robustness_table
+    from isorobust.reports.run import markdown_table
 
     model, x, y = tiny
     attacks = {"fgsm": FGSM(), "pgd": LinfPGD(steps=10, n_samples=120, epsilons=[0.05, 0.1])}

@@ -7,8 +7,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from isorobust.errors import IsorobustError
-from isorobust.evaluation.robustness import TABLE_COLUMNS
-from isorobust.sweeps.study import sweep_command, write_study
+from isorobust.attacks.sweep import TABLE_COLUMNS
+from isorobust.reports.study import sweep_command, write_study
 from tests.conftest import run_cli
 from tests.test_cli import assert_one_line_error
 

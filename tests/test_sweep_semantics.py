@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from isorobust.evaluation.attacks import FGSM, L2PGD, Attack, LinfPGD, frozen, robust_accuracy_curve, robust_masks
-from isorobust.evaluation.autoattack import Square
-from isorobust.evaluation.checks import attack_checks, noise
-from isorobust.evaluation.paper import PaperFGSM
+from isorobust.attacks.base import FGSM, L2PGD, Attack, LinfPGD, frozen, robust_accuracy_curve, robust_masks
+from isorobust.attacks.autoattack import Square
+from isorobust.checks import attack_checks, noise
+from isorobust.attacks.paper import PaperFGSM
 from tests.conftest import brightest_row_data, fit_tiny_mlp
 
 # --- stub attacks on a step-function model ----------------------------------------------------------

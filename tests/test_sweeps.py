@@ -8,12 +8,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from isorobust.errors import IsorobustError
-from isorobust.evaluation.robustness import TABLE_COLUMNS
-from isorobust.sweeps.aggregate import (
-    aggregate_clean, aggregate_robustness, configuration_labels, find_runs, setting_of, summary_frame,
+from isorobust.rundir import TABLE_COLUMNS
+from isorobust.reports.aggregate import (
+    aggregate_clean, aggregate_robustness, configuration_labels, setting_of, summary_frame,
     summary_markdown,
 )
-from isorobust.sweeps.report import REPORT_FILES, write_report
+from isorobust.rundir import find_runs
+from isorobust.reports.sweep import REPORT_FILES, write_report
 from isorobust.sweeps.resume import completed_metrics, config_differences
 from isorobust.sweeps.threads import apply_threads, threads_per_job
 from tests.conftest import run_cli
@@ -201,7 +202,7 @@ def test_resume_compares_configurations(tmp_path):
     assert config_differences(saved, other) == ["trainer.epochs: 1 there, 2 now"]
     run = make_run(tmp_path / "run", 0.0, 0)
     (run / "metrics.json").write_text(json.dumps({"clean_accuracy": 0.9, "config": saved, "overrides": ["seed=0"]}))
-    assert completed_metrics(OmegaConf.create(same), run)["clean_accuracy"] == 0.9
+    assert completed_metrics(OmegaConf.create(same), run).clean_accuracy == 0.9
     with pytest.raises(IsorobustError, match="trainer.epochs"):
         completed_metrics(OmegaConf.create(other), run)
     # the refused job's Hydra record is put back to the one the results came from
@@ -240,7 +241,7 @@ def test_levels_and_isometry_are_summarised_per_configuration(tmp_path):
 
 
 def test_paired_differences_to_beta_zero_with_t_intervals(sweeps):
-    from isorobust.sweeps.aggregate import paired_differences
+    from isorobust.reports.aggregate import paired_differences
 
     summary = summary_frame(find_runs(sweeps), sweeps)
     paired = paired_differences(summary).set_index(["reg_weight", "attack", "epsilon"])

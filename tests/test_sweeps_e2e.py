@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from isorobust.sweeps.report import REPORT_FILES
+from isorobust.reports.sweep import REPORT_FILES
 from isorobust.sweeps.threads import available_cores
 from tests.conftest import finished_run, requires_mnist, run_cli
 

@@ -9,7 +9,7 @@ import torch
 from isorobust.data import load_torus
 from isorobust.data.torus import block_labels, boundary_distance, torus_points
 from isorobust.errors import ConfigError
-from isorobust.evaluation.isometry_regions import boundary_regions, local_ratios
+from isorobust.metrics.regions import boundary_regions, local_ratios
 from tests.conftest import run_cli
 
 
@@ -118,7 +118,7 @@ def test_torus_preset_reaches_95_percent_with_and_without_the_regularizer(torus_
 
 
 def test_torus_regularizer_makes_the_last_layer_isometric_away_from_the_boundaries(torus_sweep):
-    from isorobust.evaluation.isometry_regions import typical_stretch
+    from isorobust.metrics.regions import typical_stretch
 
     _, runs = torus_sweep
     stretch = {}
@@ -131,25 +131,26 @@ def test_torus_regularizer_makes_the_last_layer_isometric_away_from_the_boundari
 
 
 def test_side_by_side_figure_of_two_runs(torus_sweep, tmp_path, capsys):
-    from isorobust.evaluation.isometry_regions import main, side_by_side, torus_runs
+    from isorobust.cli import main
+    from isorobust.jobs.figure import side_by_side, torus_runs
 
     sweep, runs = torus_sweep
     assert torus_runs([sweep]) == [runs[0.0], runs[1.0]]  # a sweep directory: its runs in the order of β
     out = side_by_side([runs[1.0], runs[0.0]], tmp_path / "pair.png", layer=-1)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    main([str(sweep), "--out", str(tmp_path / "sweep.png")])
+    main(["figure", "torus", str(sweep), "--out", str(tmp_path / "sweep.png")])
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "wrote" in capsys.readouterr().out
+    assert "results in" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:  # a directory without torus runs: one error line
-        main([str(tmp_path), "--out", str(tmp_path / "none.png")])
+        main(["figure", "torus", str(tmp_path), "--out", str(tmp_path / "none.png")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("isorobust: error:")
     with pytest.raises(SystemExit):  # a layer the runs did not measure
-        main([str(sweep), "--layer", "7", "--out", str(tmp_path / "bad.png")])
+        main(["figure", "torus", str(sweep), "--layer", "7", "--out", str(tmp_path / "bad.png")])
 
 
 def test_local_ratios_by_class_match_local_ratios():
-    from isorobust.evaluation.isometry_regions import local_ratios_by_class, within_class_scale
+    from isorobust.metrics.regions import local_ratios_by_class, within_class_scale
 
     g = torch.Generator().manual_seed(1)
     x, z = torch.randn(90, 3, generator=g), torch.randn(90, 5, generator=g)

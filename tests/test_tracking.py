@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from isorobust.sweeps.aggregate import setting_of
+from isorobust.reports.aggregate import setting_of
 from isorobust.sweeps.resume import config_differences
 from isorobust.tracking import epsilon_label, epsilon_step, first_line, flat_config, install_command
 from tests.conftest import requires_extras, requires_mnist, run_cli, run_cli_without

@@ -99,3 +99,15 @@ def hierarchical_mlp(
 
 
 __all__ = ["HierarchicalMLP", "hierarchical_mlp"]
+
+
+class LevelReadout(nn.Module):
+    """The classifier of one level: ``forward(x)`` = that level's logits (full graph, nothing detached)."""
+
+    def __init__(self, model: nn.Module, level: int) -> None:
+        super().__init__()
+        self.model = model
+        self.level = level
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.forward_levels(x)[0][self.level]

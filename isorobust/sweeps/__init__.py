@@ -1,7 +1,7 @@
-"""Sweeps: find the run directories of one or more sweeps, aggregate them over seeds, plot and report.
+"""Hydra glue: what a multirun needs beyond the jobs themselves.
 
-``aggregate`` holds the pure functions (runs in, tables out), ``plot`` the figure, ``report`` writes
-summary.csv / summary.md / robustness.png / robustness.pdf, ``callback`` does that at the end of every
-``isorobust train -m``, ``threads`` shares the cores among parallel jobs, ``resume`` skips finished jobs.
-Nothing here imports torch or matplotlib at import time: the callback is loaded by every Hydra start.
+``callback`` writes the sweep summary at the end of every ``isorobust train -m`` (through ``reports``),
+``threads`` shares the cores among parallel jobs, ``resume`` skips finished jobs, ``objective`` is what an
+optimizing sweeper maximises, ``resolvers`` the OmegaConf resolvers the configs use. Nothing here imports
+torch or matplotlib at import time: the callback is loaded by every Hydra start.
 """

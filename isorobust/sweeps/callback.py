@@ -12,7 +12,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from isorobust.errors import IsorobustError
+from isorobust.errors import Abort, IsorobustError
 
 log = logging.getLogger(__name__)
 
@@ -22,16 +22,15 @@ class SweepSummary(Callback):
         # logger=...: a missing package or an unusable store stops the sweep before its first job, and
         # the sweep's MLflow experiment is created here, once, not by several jobs at the same time.
         if config.get("logger") is not None:
-            from isorobust.cli import fail
             from isorobust.tracking import prepare_sweep
 
             try:
                 prepare_sweep(config)
             except IsorobustError as exc:
-                fail(str(exc))
+                raise Abort(exc) from None  # Hydra turns an Exception here into a traceback
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from isorobust.sweeps.report import write_report
+        from isorobust.reports.sweep import write_report
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:

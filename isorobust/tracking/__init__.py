@@ -19,19 +19,19 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from isorobust.errors import IsorobustError
+from isorobust import rundir
+from isorobust.config import flatten, result_neutral
+from isorobust.errors import IsorobustError, find_user_error
 
 log = logging.getLogger(__name__)
 
 # What a run's tracker record carries besides the scalars (those that exist; model.pt is left out: up
 # to 75 MB per run, and the run directory keeps it).
-RUN_ARTIFACTS = ("robustness.md", "robustness.csv", "checks.csv", "isometry.csv", "metrics.json",
-                 "certified.csv", "isometry_boundary.png", "isometry_torus.csv", "isometry_torus.png")
+RUN_ARTIFACTS = rundir.ARTIFACTS
 # ... and a sweep's (the SweepSummary callback's files, and the Optuna sweeper's own result).
 SWEEP_ARTIFACTS = ("robustness.png", "robustness.pdf", "summary.md", "summary.csv", "isometry_summary.csv",
                    "study.csv", "optimization_results.yaml")
-# Overrides that say how a run is tracked, not what it computes: left out of run names.
-TRACKING_KEYS = ("logger", "objective")
+
 
 
 class TrackerError(IsorobustError):
@@ -102,7 +102,8 @@ def override_key(override: str) -> str:
 
 
 def tracking_key(override: str) -> bool:
-    return override_key(override).split(".", 1)[0] in TRACKING_KEYS
+    """Overrides that do not change results (config.RESULT_NEUTRAL) are left out of run names."""
+    return result_neutral(override_key(override))
 
 
 def swept_keys(sweep_dir: Path) -> set[str] | None:
@@ -141,8 +142,6 @@ def build_tracker(logger_cfg: Any) -> Tracker | None:
     if logger_cfg is None:
         return None
     from hydra.utils import instantiate
-
-    from isorobust.cli import find_user_error
 
     try:
         return instantiate(logger_cfg)
@@ -204,12 +203,8 @@ class Scalar:
 
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        table = pd.read_csv(run_dir / "robustness.csv")
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise IsorobustError(f"cannot read the results in {run_dir}: {first_line(exc)}") from None
-    return metrics, table
+    """metrics.json (as its JSON record) and robustness.csv of a finished run."""
+    return rundir.read_metrics(run_dir).to_json(), rundir.read_robustness(run_dir)
 
 
 def epsilon_label(eps: float) -> str:
@@ -257,7 +252,7 @@ def run_scalars(metrics: Mapping[str, Any], table: pd.DataFrame, per_epsilon: bo
     if isinstance(checks.get("passed"), int):
         yield Scalar("checks/passed", float(checks["passed"]), 0, total)
         yield Scalar("checks/failed", float(len(checks.get("failed") or [])), 0, total)
-    levels = "level" in table.columns and table["level"].notna().any()
+    levels = rundir.has_levels(table)
     for row in table.itertuples(index=False):
         attack = f"level_{int(row.level)}/{row.attack}" if levels and pd.notna(row.level) else str(row.attack)
         eps, value = float(row.epsilon), float(row.robust_accuracy)
@@ -286,7 +281,5 @@ def certified_scalars(certify: Mapping[str, Any], per_epsilon: bool, total: floa
 
 def flat_config(node: Any, prefix: str = "") -> dict[str, str]:
     """A nested config as dotted keys and text values (lists stay one value: ``[0.05, 0.1]``)."""
-    from isorobust.sweeps.resume import flatten
-
     return {key: "null" if value is None else json.dumps(value) if isinstance(value, list) else str(value)
             for key, value in flatten(node, prefix).items()}

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from isorobust import rundir
 from isorobust.tracking import (
     RUN_ARTIFACTS, SWEEP_ARTIFACTS, RunInfo, Scalar, TrackerError, first_line, flat_config, missing_package,
     read_run, run_scalars,
@@ -181,7 +182,7 @@ class MlflowTracker:
                 return
             client = self.client()
             # The run's own times: metrics.json is written last, seconds.total is the run's duration.
-            end_ms = _ms((run_dir / "metrics.json").stat().st_mtime)
+            end_ms = _ms(rundir.finished_at(run_dir))
             start_ms = end_ms - _ms(float((metrics.get("seconds") or {}).get("total") or 0.0))
             markdown = (run_dir / "robustness.md").read_text() if (run_dir / "robustness.md").is_file() else ""
             tags = {

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from isorobust import rundir
 from isorobust.tracking import RunInfo, missing_package, read_run, run_scalars
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class TensorBoardTracker:
 
     def log_run(self, run_dir: Path, info: RunInfo) -> None:
         metrics, table = read_run(run_dir)
-        end = (run_dir / "metrics.json").stat().st_mtime
+        end = rundir.finished_at(run_dir)
         start = end - float((metrics.get("seconds") or {}).get("total") or 0.0)
         with _event_writer(run_dir) as writer:
             for s in run_scalars(metrics, table, per_epsilon=False):

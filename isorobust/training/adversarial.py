@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from isorobust.evaluation.attacks import frozen
+from isorobust.attacks.base import frozen
 from isorobust.training.standard import StandardTrainer
 
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from isorobust import io
 from isorobust.data import ImageDataset
 from isorobust.errors import IsorobustError
-from isorobust.evaluation.clean import clean_metrics
+from isorobust.metrics.clean import clean_metrics
 from isorobust.models import MLP
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,266 @@
+"""Adversarial attacks and robust-accuracy sweeps over ε.
+
+An attack here is a small config object that knows its name, its norm and how to perturb a
+batch; the sweep logic is separate and works for any of them. Attacks that exist in foolbox run
+through foolbox; AutoAttack's components come from torchattacks (see ``autoattack.py``).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import eagerpy as ep
+import foolbox as fb
+from foolbox.attacks.gradient_descent_base import Optimizer
+import torch
+from torch import Tensor, nn
+
+from isorobust.metrics.clean import predict
+
+
+@dataclass
+class Attack:
+    """An attack: ``perturb(model, x, y, epsilon)`` returns adversarial inputs within the ε-ball
+    (of ``norm``) and the input bounds [0, 1]. Whether they fool the model is judged elsewhere.
+
+    ``restarts``: the sweep runs the attack this many times on the samples still robust (a sample
+    is broken if any run breaks it). ``batch_dependent``: the perturbation of one sample depends on
+    the rest of its batch, so the sweep attacks fixed batches of the whole set, not survivors only.
+    """
+
+    name: str = "attack"
+    norm: str = "linf"
+    restarts: int = 1
+    epsilons: list[float] | None = None  # this attack's own grid (e.g. L2 radii); None = eval.epsilons
+    n_samples: int | None = None  # attack only the first N evaluation samples (slow attacks); None = all
+    batch_dependent = False
+    cumulative = True  # False: each ε judged on its own (the original protocol's way of counting)
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, epsilon: float) -> Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+@dataclass
+class FoolboxAttack(Attack):
+    """An attack run through foolbox (``PyTorchModel``, bounds (0, 1)); subclasses build it."""
+
+    def build(self) -> fb.attacks.base.Attack:
+        raise NotImplementedError
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, epsilon: float) -> Tensor:
+        fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
+        _, adv, _ = self.build()(fmodel, x, y, epsilons=float(epsilon))
+        return adv
+
+
+@dataclass
+class FGSM(FoolboxAttack):
+    """L∞ fast gradient sign method (one step of size ε on the cross-entropy)."""
+
+    name: str = "fgsm"
+    norm: str = "linf"
+
+    def build(self) -> fb.attacks.base.Attack:
+        return fb.attacks.LinfFastGradientAttack(random_start=False)
+
+    def describe(self) -> str:
+        return "FGSM (L∞, one signed-gradient step of size ε)"
+
+
+class _ScheduledStep(Optimizer):
+    """foolbox's plain gradient step with a step size that changes over the iterations:
+    ``constant``, or ``cosine`` (from ``stepsize`` down to 0 at the last step: long steps to cross
+    the ball from a random start, short ones to settle into a maximum)."""
+
+    def __init__(self, x, stepsize: float, steps: int, schedule: str):
+        self.stepsize, self.steps, self.schedule, self.t = stepsize, steps, schedule, 0
+
+    def __call__(self, gradient):
+        factor = 1.0 if self.schedule == "constant" else 0.5 * (1 + math.cos(math.pi * self.t / self.steps))
+        self.t += 1
+        return self.stepsize * factor * gradient
+
+
+class _FoolboxLinfPGD(fb.attacks.LinfPGD):
+    """foolbox's LinfPGD through its extension points: a step schedule (``get_optimizer``), a loss
+    (``get_loss_fn``: cross-entropy or the logit margin) and a record of the first iterate that
+    misclassifies each sample (foolbox returns the last iterate, which may have left a success
+    behind: that would count a broken sample as robust)."""
+
+    def __init__(self, *, schedule: str, loss: str, **kwargs):
+        super().__init__(**kwargs)
+        self.schedule, self.loss = schedule, loss
+        self.fooled_at: Tensor | None = None  # per sample: an iterate that fooled it (else NaN)
+
+    def get_optimizer(self, x, stepsize: float):
+        return _ScheduledStep(x, stepsize, self.steps, self.schedule)
+
+    def get_loss_fn(self, model, labels):
+        y = labels.raw
+
+        def loss_fn(inputs):
+            logits = model(inputs).raw
+            if self.loss == "margin":  # highest other logit minus the true one (Carlini & Wagner)
+                true = logits.gather(1, y[:, None]).squeeze(1)
+                other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+                value = (other - true).clamp_max(0.0).sum()
+            else:
+                value = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+            self._record(inputs.raw, logits, y)
+            return ep.astensor(value)
+
+        return loss_fn
+
+    def _record(self, x: Tensor, logits: Tensor, y: Tensor) -> None:
+        fooled = (logits.detach().argmax(dim=1) != y)
+        if self.fooled_at is None:
+            self.fooled_at = torch.full_like(x, float("nan")).detach()
+        new = fooled & self.fooled_at.flatten(1)[:, 0].isnan()
+        if new.any():
+            self.fooled_at[new] = x.detach()[new]
+
+
+@dataclass
+class LinfPGD(FoolboxAttack):
+    """L∞ projected gradient descent (Madry et al.) through foolbox, random start; by default 40
+    steps of 2.5ε/40·2 under a cosine schedule on the cross-entropy (see ``configs/attack/pgd.yaml``
+    and ``benchmarks/PGD_VS_APGD.md`` for why), keeping any iterate that fooled the model."""
+
+    name: str = "pgd"
+    norm: str = "linf"
+    steps: int = 40
+    rel_stepsize: float = 0.01 / 0.3
+    abs_stepsize: float | None = None
+    random_start: bool = True
+    schedule: str = "constant"  # or cosine
+    loss: str = "ce"  # or margin
+    keep_fooled: bool = True  # return an iterate that fooled the model, if any (not only the last)
+
+    def build(self) -> fb.attacks.base.Attack:
+        return _FoolboxLinfPGD(
+            steps=self.steps,
+            rel_stepsize=self.rel_stepsize,
+            abs_stepsize=self.abs_stepsize,
+            random_start=self.random_start,
+            schedule=self.schedule,
+            loss=self.loss,
+        )
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, epsilon: float) -> Tensor:
+        fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
+        attack = self.build()
+        _, adv, _ = attack(fmodel, x, y, epsilons=float(epsilon))
+        if self.keep_fooled and attack.fooled_at is not None:
+            earlier = ~attack.fooled_at.flatten(1)[:, 0].isnan()
+            adv = torch.where(earlier.view(-1, *[1] * (x.dim() - 1)), attack.fooled_at, adv)
+        return adv
+
+    def describe(self) -> str:
+        step = f"{self.abs_stepsize}" if self.abs_stepsize is not None else f"{self.rel_stepsize:.4g}·ε"
+        if self.schedule != "constant":
+            step += f" ({self.schedule} schedule)"
+        start = "random start" if self.random_start else "no random start"
+        restarts = f", {self.restarts} restarts" if self.restarts > 1 else ""
+        loss = "" if self.loss == "ce" else f", {self.loss} loss"
+        return f"PGD (L∞, {self.steps} steps of {step}, {start}{loss}{restarts})"
+
+
+@dataclass
+class L2PGD(FoolboxAttack):
+    """L2 projected gradient descent on the cross-entropy, foolbox defaults (50 steps of ε/40)."""
+
+    name: str = "l2pgd"
+    norm: str = "l2"
+    steps: int = 50
+    rel_stepsize: float = 0.025
+    random_start: bool = True
+
+    def build(self) -> fb.attacks.base.Attack:
+        return fb.attacks.L2PGD(steps=self.steps, rel_stepsize=self.rel_stepsize, random_start=self.random_start)
+
+    def describe(self) -> str:
+        restarts = f", {self.restarts} restarts" if self.restarts > 1 else ""
+        return f"PGD (L2, {self.steps} steps of {self.rel_stepsize:.4g}·ε, random start{restarts})"
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter gradients while attacking (attacks need input gradients only)."""
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def robust_accuracy(robust: Tensor) -> float:
+    """Fraction of samples that are classified correctly and survived the attack."""
+    return robust.float().mean().item()
+
+
+def robust_masks(
+    model: nn.Module,
+    attack: Attack,
+    x: Tensor,
+    y: Tensor,
+    epsilons: Sequence[float],
+    batch_size: int,
+    seed: int,
+) -> tuple[Tensor, list[Tensor]]:
+    """Per-sample outcome of one attack: clean-correct mask and, for each ε (ascending), the mask
+    of samples that are correct and not fooled.
+
+    Points are attacked at ε only while they are still robust: an adversarial example found
+    inside a smaller ball is also inside every larger one, so a success at a smaller ε is a
+    success at the larger ε. Each ε therefore costs only the surviving points, and the curve is
+    non-increasing by construction, while every point still gets the full attack at every ε it
+    has not yet been broken at (at least as strong as attacking each ε independently).
+    """
+    if list(epsilons) != sorted(epsilons):
+        raise ValueError("epsilons must be ascending")
+    torch.manual_seed(seed)  # PGD's random start: the same seed gives the same table
+    with frozen(model):
+        correct = predict(model, x, batch_size) == y
+        robust = correct.clone()
+        masks = []
+        all_idx = torch.arange(x.shape[0], device=x.device)
+        for eps in epsilons:
+            if not attack.cumulative:
+                robust = correct.clone()
+            if eps > 0:
+                for _ in range(attack.restarts):
+                    # A batch-dependent attack sees the same fixed batches as the original protocol.
+                    targets = all_idx if attack.batch_dependent else robust.nonzero().squeeze(1)
+                    for start in range(0, targets.numel(), batch_size):
+                        idx = targets[start : start + batch_size]
+                        adv = attack.perturb(model, x[idx], y[idx], float(eps))
+                        with torch.no_grad():
+                            broken = model(adv).argmax(dim=1) != y[idx]
+                        robust[idx[broken]] = False
+            masks.append(robust.clone())
+    return correct, masks
+
+
+def robust_accuracy_curve(
+    model: nn.Module,
+    attack: Attack,
+    x: Tensor,
+    y: Tensor,
+    epsilons: Sequence[float],
+    batch_size: int,
+    seed: int,
+) -> tuple[float, list[float]]:
+    """Clean accuracy and robust accuracy at each ε (ascending) of one attack."""
+    correct, masks = robust_masks(model, attack, x, y, epsilons, batch_size, seed)
+    return robust_accuracy(correct), [robust_accuracy(m) for m in masks]

@@ -1,0 +1,1 @@
+"""Figures of one run (frames in, PNG bytes out): the isometry maps (``isometry``)."""

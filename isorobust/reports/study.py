@@ -1,0 +1,529 @@
+"""`isorobust report SWEEP [SWEEP ...] --out FILE.md`: one report over several sweeps (a study).
+
+The first sweep is the main one (e.g. experiment=paper_mnist); its β=0 configuration is the
+reference every other configuration, baselines included, is compared with seed by seed. The
+report holds the commands that made the sweeps (from Hydra's multirun.yaml), the machine and
+time they took, a headline table at the radii of the strongest evaluation, sentences generated
+from the numbers, every per-attack table, and two figures written beside FILE.md.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from isorobust import io, rundir
+from isorobust.errors import IsorobustError
+from isorobust.rundir import WORST_CASE
+from isorobust.reports.aggregate import (
+    CERTIFIED_PREFIX, CONFIGURATION, SETTING, aggregate_clean, aggregate_isometry, config_key, config_keys,
+    aggregate_robustness, certify_provenance, configuration_labels, isometry_frame, paired_differences,
+    radius_frame, summary_frame, summary_markdown,
+)
+from isorobust.reports.sweep import Report
+from isorobust.reports.tables import MISSING, markdown, row_cell
+from isorobust.rundir import RunDir, find_runs
+
+SWEEP = "sweep"  # which of the given sweeps a row comes from (0 = the main one)
+KEY = CONFIGURATION
+
+
+def sweep_command(sweep_dir: Path) -> str:
+    """The command line that made a sweep, rebuilt from Hydra's record of its overrides."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return f"(no multirun.yaml in {sweep_dir}: not made by one `isorobust train -m`)"
+    try:
+        overrides = (yaml.safe_load(path.read_text()) or {})["hydra"]["overrides"]
+    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        raise IsorobustError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    hydra = [o for o in overrides.get("hydra") or [] if o != "hydra.mode=MULTIRUN"]
+    return "isorobust train -m " + " ".join(shlex.quote(str(o)) for o in [*(overrides.get("task") or []), *hydra])
+
+
+def sweep_facts(runs: list[RunDir]) -> dict[str, object]:
+    """Machine, torch, number of runs and wall time (first job's start to the last job's end, from the
+    jobs' own timed logs; None where a run kept none: file times would give the time of a copy)."""
+    complete = [r.path for r in runs if r.complete]
+    metrics = [rundir.read_metrics(p) for p in complete]
+    spans = [span for p in complete if (span := rundir.log_span(p)) is not None]
+    env = metrics[0].environment if metrics else {}
+    return {
+        "runs": len(complete),
+        "wall_minutes": (max(e for _, e in spans) - min(s for s, _ in spans)) / 60
+        if spans and len(spans) == len(complete) else None,
+        "timed_runs": len(spans),
+        "job_minutes": sum(m.total_seconds for m in metrics) / 60,
+        "machine": env.get("machine", "?"),
+        "torch": env.get("torch", "?"),
+        "device": env.get("device", "?"),
+        "threads": sorted({m.environment.get("threads") for m in metrics} - {None}),
+        "cpus": os.cpu_count(),
+    }
+
+
+def wall_time(facts: dict[str, object]) -> str:
+    """"wall time 14.6 min", or why it is not known."""
+    if facts["wall_minutes"] is None:
+        return f"wall time unknown: {facts['runs'] - facts['timed_runs']} of {facts['runs']} runs kept no timed log"
+    return f"wall time {facts['wall_minutes']:.1f} min"
+
+
+def _of(frame: pd.DataFrame, config: tuple) -> pd.DataFrame:
+    """The rows of one configuration (equal in every KEY column)."""
+    mask = pd.Series(True, index=frame.index)
+    for column, value in zip(KEY, config):
+        mask &= frame[column] == value
+    return frame[mask]
+
+
+def _value(robust: pd.DataFrame, config: tuple, attack: str, eps: float | None) -> pd.Series | None:
+    """The aggregate row of one configuration, attack and ε (None: the attack's only ε, e.g. a radius row)."""
+    if robust.empty:
+        return None
+    rows = robust["attack"] == attack
+    if eps is not None:
+        rows &= (robust["epsilon"] - eps).abs() < 1e-9
+    part = _of(robust[rows], config)
+    return part.iloc[0] if not part.empty else None
+
+
+def _pct(row: pd.Series | None, scale: float = 100.0, digits: int = 1) -> str:
+    """mean ± std of an aggregate row, in % by default (a radius: scale 1, 4 digits)."""
+    return row_cell(row, scale=scale, digits=digits, count=False)
+
+
+def _diff(row: pd.Series | None, scale: float = 100.0, digits: int = 1) -> str:
+    """A paired difference with its 95 % interval and * where it excludes 0, in points by default."""
+    if row is None or row["n"] < 2:
+        return MISSING
+    return row_cell(row, scale=scale, digits=digits, spread=False, interval=True, count=False, signed=True,
+                    star=True)
+
+
+def headline(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, str],
+             main: set[tuple] | None = None) -> tuple[list[str], list[str], list[str]]:
+    """The table a reader looks at first, and sentences generated from it.
+
+    Columns: clean accuracy, then per radius of the trimmed strongest attack (AutoAttack) the
+    per-sample worst case over every attack and its paired difference to the reference. Returns
+    the table, per-radius sentences and a conclusion (``main``: the main sweep's configurations).
+    """
+    robust, clean = aggregate_robustness(summary), aggregate_clean(summary)
+    paired = paired_differences(summary, reference)
+    attacked = ~summary["attack"].astype(str).str.startswith(CERTIFIED_PREFIX)  # lower bounds: their own grid
+    trimmed = summary[attacked & (summary["n_samples"] < summary["eval_samples"])]
+    radii = (sorted(trimmed["epsilon"].unique()) if not trimmed.empty
+             else sorted(summary.loc[attacked, "epsilon"].unique())[:4])
+    radii = [float(e) for e in radii]
+    n_worst = sorted(summary.loc[summary["attack"] == WORST_CASE, "n_samples"].unique())
+    configs = config_keys(clean)
+    reference_config = config_key(summary[reference].iloc[0]) if reference.any() else None
+    rows = []
+    for config in configs:
+        c = _of(clean, config).iloc[0]
+        row = [labels[config], _pct(c, digits=2)]
+        for eps in radii:
+            row.append(_pct(_value(robust, config, WORST_CASE, eps)))
+            row.append("(reference)" if config == reference_config else _diff(_value(paired, config, WORST_CASE, eps)))
+        rows.append(row)
+    header = ["configuration", "clean"]
+    for eps in radii:
+        header += [f"worst ε={eps:g}", f"Δ ε={eps:g}"]
+    table = [
+        f"Robust accuracy (%) under the per-sample worst case over every attack run at that radius "
+        f"({', '.join(map(str, n_worst))} test images; see the per-attack tables), mean ± std over seeds; "
+        f"Δ = paired difference to {labels.get(reference_config, 'the reference')} (same seed) in points "
+        "[95 % t-interval], * where it excludes 0.",
+        "",
+        *markdown(header, rows, left=1),
+    ]
+
+    sentences = []
+    compared: list[tuple[tuple, float, pd.Series]] = []  # (configuration, ε, paired difference)
+    if reference_config is not None:
+        for eps in radii:
+            base = _value(robust, reference_config, WORST_CASE, eps)
+            better, worse = [], []
+            for config in configs:
+                d = _value(paired, config, WORST_CASE, eps)
+                if d is None or d["n"] < 2:
+                    continue
+                compared.append((config, eps, d))
+                if d["ci_low"] > 0:
+                    better.append(f"{labels[config]} ({100 * d['mean']:+.1f})")
+                elif d["ci_high"] < 0:
+                    worse.append(f"{labels[config]} ({100 * d['mean']:+.1f})")
+            text = f"At ε={eps:g} the reference keeps {_pct(base)} % under the worst case. "
+            text += ("Higher than the reference beyond seed noise: " + ", ".join(better) + ". ") if better else \
+                "No configuration is higher than the reference beyond seed noise. "
+            text += ("Lower: " + ", ".join(worse) + ".") if worse else "None is lower beyond seed noise."
+            sentences.append(text)
+    # The original protocol against FGSM on cross-entropy alone, same models.
+    inflation: list[tuple[tuple, float, float]] = []
+    for config in configs:
+        gaps, gap_values = [], []
+        for eps in radii:
+            paper, fgsm = _value(robust, config, "paper_fgsm", eps), _value(robust, config, "fgsm", eps)
+            if paper is not None and fgsm is not None:
+                gaps.append(f"{100 * (paper['mean'] - fgsm['mean']):+.1f} at ε={eps:g}")
+                gap_values.append((eps, float(paper["mean"] - fgsm["mean"])))
+        if gaps and config[CONFIGURATION.index("reg_weight")] and "isometric" in str(config[CONFIGURATION.index("reg")]):
+            sentences.append(f"Original protocol (paper_fgsm) minus FGSM, {labels[config]}: {', '.join(gaps)} points.")
+            inflation.extend((config, eps, gap) for eps, gap in gap_values)
+    sentences += autoattack_sentences(robust, configs, radii, labels)
+    return table, sentences, conclusion(compared, inflation, labels, main or set(configs), reference_config)
+
+
+def certifiedmarkdown(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, str],
+                    root: Path | None = None) -> list[str]:
+    """Certified accuracy (runs made with certify=crown|ibp, or certified afterwards by ``isorobust
+    certify``) per configuration and radius, as the headline shows the attacks: mean ± std over seeds and
+    the paired difference to the reference [95 % t-interval]; the median certified radius the same way;
+    and a generated sentence on whether any configuration is above the reference beyond seed noise.
+    Empty where no run certified, so such reports stay as they were."""
+    rows_mask = summary["attack"].astype(str).str.startswith(CERTIFIED_PREFIX)
+    if not rows_mask.any():
+        return []
+    certified = summary[rows_mask]
+    robust, paired = aggregate_robustness(certified), paired_differences(certified, reference[rows_mask])
+    radii = radius_frame(summary, root) if root is not None else pd.DataFrame()
+    radius_robust = aggregate_robustness(radii) if not radii.empty else pd.DataFrame()
+    radius_paired = pd.DataFrame()
+    if not radii.empty:
+        radius_paired = paired_differences(radii, radii["run"].isin(set(summary.loc[reference, "run"])))
+    configs = config_keys(aggregate_clean(summary))
+    reference_config = config_key(summary[reference].iloc[0]) if reference.any() else None
+    against = labels.get(reference_config, "the reference")
+    lines = ["## Certified accuracy (lower bounds)", "",
+             "Share of test images proven robust in the whole L∞ ball (IBP, CROWN, α-CROWN or branch and bound; "
+             "see docs/certification.md): a lower bound where the attacks give an upper one. Mean ± std over seeds; Δ = paired "
+             f"difference to {against} (same seed) in points [95 % t-interval], * where it excludes 0. The "
+             "median certified radius is in input units (0 for an image not certified at any radius)."]
+    if root is not None:
+        during, after, seconds = certify_provenance(summary[rows_mask], root)
+        lines[-1] += (f" Certified during training in {during} runs and afterwards by `isorobust certify "
+                      f"run=DIR` in {after} (records in each run's certify/ or certify_<method>/ folder)"
+                      + (f"; {seconds:.0f} s per run on average." if seconds is not None else "."))
+    sentences = []
+    for method in sorted(certified["attack"].unique()):
+        part = certified[certified["attack"] == method]
+        eps_list = [float(e) for e in sorted(part["epsilon"].unique())]
+        has_radius = not radius_robust.empty and (radius_robust["attack"] == method).any()
+        up: dict[tuple, list[str]] = {}
+        down: dict[tuple, list[str]] = {}
+        rows, compared = [], []
+
+        def tally(d: pd.Series | None, what: str) -> None:
+            """Count one paired difference (not the reference's own) and name it if it excludes 0."""
+            if config == reference_config or d is None or d["n"] < 2:
+                return
+            compared.append(what)
+            if d["ci_low"] > 0 or d["ci_high"] < 0:
+                (up if d["ci_low"] > 0 else down).setdefault(config, []).append(what)
+
+        for config in configs:
+            cells = []
+            for eps in eps_list:
+                cells.append(_pct(_value(robust, config, method, eps)))
+                d = _value(paired, config, method, eps)
+                cells.append("(reference)" if config == reference_config else _diff(d))
+                tally(d, f"ε={eps:g} {100 * d['mean']:+.1f}" if d is not None else "")
+            if has_radius:
+                cells.append(_pct(_value(radius_robust, config, method, None), scale=1.0, digits=4))
+                d = _value(radius_paired, config, method, None)
+                cells.append("(reference)" if config == reference_config else _diff(d, scale=1.0, digits=4))
+                tally(d, f"median radius {d['mean']:+.4f}" if d is not None else "")
+            if any(c != MISSING for c in cells[::2]):
+                rows.append([labels[config], *cells])
+        header = ["configuration"] + [h for eps in eps_list for h in (f"ε={eps:g}", f"Δ ε={eps:g}")]
+        header += ["median radius", "Δ median radius"] if has_radius else []
+        n = ", ".join(str(v) for v in sorted(part["n_samples"].unique()))
+        lines += ["", f"{method} ({n} test images):", "", *markdown(header, rows, left=1)]
+        if compared:
+            text = (f"{method}: of {len(compared)} paired comparisons with {against} (certified accuracy at each radius"
+                    f"{' and the median radius' if has_radius else ''}), ")
+            def listed(cells: dict[tuple, list[str]]) -> str:
+                return "; ".join(f"{labels[c]}: {', '.join(v)}" for c, v in cells.items())
+
+            n_up, n_down = sum(map(len, up.values())), sum(map(len, down.values()))
+            text += (f"{n_up} are above it beyond seed noise ({listed(up)})" if up
+                     else "none is above it beyond seed noise")
+            text += (f" and {n_down} below ({listed(down)})." if down else ", and none below.")
+            text += (" No configuration raises certified accuracy or the certified radius." if not up else "")
+            sentences.append(text)
+        sentences += verifiability_sentences(summary, reference, paired, method, configs, reference_config,
+                                             labels)
+        bracket, said = bracketmarkdown(summary, certified, method, configs, labels, reference_config)
+        lines += bracket
+        sentences += said
+    return lines + [""] + [f"In words (generated): {s}" for s in sentences] + ([""] if sentences else [])
+
+
+def verifiability_sentences(summary: pd.DataFrame, reference: pd.Series, certified_paired: pd.DataFrame,
+                            method: str, configs: list[tuple], reference_config: tuple | None,
+                            labels: dict[tuple, str]) -> list[str]:
+    """At each radius where both ran: the configurations whose certified accuracy is above the reference's
+    beyond seed noise, and whether the worst-case attack accuracy at that radius is too. A lower bound that
+    rises while the upper bound stays says the model became easier to prove robust, not harder to attack."""
+    attacks = summary["attack"] == WORST_CASE
+    attack_paired = paired_differences(summary[attacks], reference[attacks])
+    if attack_paired.empty or certified_paired.empty:
+        return []
+    radii = sorted({float(e) for e in certified_paired.loc[certified_paired["attack"] == method, "epsilon"]}
+                   & {float(e) for e in attack_paired["epsilon"]})
+    out = []
+    for eps in radii:
+        higher, also, level, lower = [], [], [], []
+        for config in configs:
+            cert = _value(certified_paired, config, method, eps)
+            if config == reference_config or cert is None or cert["n"] < 2 or cert["ci_low"] <= 0:
+                continue
+            higher.append(f"{labels[config]} {100 * cert['mean']:+.1f}")
+            att = _value(attack_paired, config, WORST_CASE, eps)
+            if att is None or att["n"] < 2:
+                continue
+            cell = f"{labels[config]} {_diff(att)}"
+            (also if att["ci_low"] > 0 else lower if att["ci_high"] < 0 else level).append(cell)
+        if not higher:
+            continue
+        text = (f"At ε={eps:g}, {method} certified accuracy is above the reference beyond seed noise for "
+                f"{len(higher)} configuration(s) ({', '.join(higher)}). The worst-case attack accuracy at the same "
+                f"radius is also above it for {len(also)}{' (' + '; '.join(also) + ')' if also else ''}, not "
+                f"distinguishable from it for {len(level)}{' (' + '; '.join(level) + ')' if level else ''}"
+                f"{f' and below it for {len(lower)} (' + '; '.join(lower) + ')' if lower else ''}.")
+        if level:
+            text += (" Where only the lower bound rose, the models became easier to prove robust at this radius; "
+                     "the attacks do not find them harder to break.")
+        out.append(text)
+    return out
+
+
+def truth_sentences(robust: pd.DataFrame, attacks: pd.DataFrame, method: str, radii: list[float],
+                    configs: list[tuple], reference_config: tuple | None, labels: dict[tuple, str]) -> list[str]:
+    """Does a configuration raise the *true* robust accuracy over the reference? Only where the brackets do not
+    overlap: its lower bound (``method``) above the reference's upper bound (worst-case attack) proves it
+    higher, its upper bound below the reference's lower bound proves it lower; else it is undecided."""
+    if reference_config is None or not radii:
+        return []
+    certified_n = sorted({int(n) for n in robust["n_samples"]})
+    attacked_n = sorted({int(n) for n in attacks["n_samples"]})
+    if certified_n != attacked_n:  # the first N images are not the whole test split: no comparison across them
+        return [f"Whether a configuration raises the true robust accuracy is not decided here by {method}: it "
+                f"certified the first {', '.join(map(str, certified_n))} test images and the attacks ran on "
+                f"{', '.join(map(str, attacked_n))}; a bracket decides only where both sides cover the same images."]
+    out = []
+    for eps in radii:
+        ref_low = _value(robust, reference_config, method, eps)
+        ref_high = _value(attacks, reference_config, WORST_CASE, eps)
+        if ref_low is None or ref_high is None:
+            continue
+        higher, lower, open_ = [], [], []
+        for config in configs:
+            low, high = _value(robust, config, method, eps), _value(attacks, config, WORST_CASE, eps)
+            if config == reference_config or low is None or high is None:
+                continue
+            if low["mean"] > ref_high["mean"]:
+                higher.append(f"{labels[config]} ({100 * low['mean']:.1f} > {100 * ref_high['mean']:.1f})")
+            elif high["mean"] < ref_low["mean"]:
+                lower.append(f"{labels[config]} ({100 * high['mean']:.1f} < {100 * ref_low['mean']:.1f})")
+            else:
+                open_.append(f"{labels[config]} ({100 * low['mean']:.1f}–{100 * high['mean']:.1f} against "
+                             f"{100 * ref_low['mean']:.1f}–{100 * ref_high['mean']:.1f})")
+        if not (higher or lower or open_):
+            continue
+        parts = []
+        if higher:
+            parts.append(f"proved higher than {labels[reference_config]}'s for {len(higher)} "
+                         f"(lower bound above its upper bound: {'; '.join(higher)})")
+        if lower:
+            parts.append(f"proved lower for {len(lower)} ({'; '.join(lower)})")
+        if open_:
+            parts.append(f"undecided for {len(open_)}, the brackets overlap ({'; '.join(open_)})")
+        out.append(f"True robust accuracy at ε={eps:g} ({method} lower bounds, worst-case attack upper bounds, "
+                   f"means over seeds): " + "; ".join(parts) + ".")
+    return out
+
+
+def bracketmarkdown(summary: pd.DataFrame, certified: pd.DataFrame, method: str, configs: list[tuple],
+                  labels: dict[tuple, str], reference_config: tuple | None = None) -> tuple[list[str], list[str]]:
+    """Where the attacks ran at a radius the method certified too: the truth lies between the certified
+    accuracy (lower bound) and the worst-case attack (upper bound). One cell per configuration and such
+    radius, ``lower–upper (gap)``, means over seeds; and a sentence on the gaps."""
+    attacks = aggregate_robustness(summary[summary["attack"] == WORST_CASE])
+    robust = aggregate_robustness(certified[certified["attack"] == method])
+    radii = sorted({float(e) for e in robust["epsilon"]} & {float(e) for e in attacks["epsilon"]})
+    rows, gaps = [], {eps: [] for eps in radii}
+    for config in configs:
+        cells = []
+        for eps in radii:
+            low, high = _value(robust, config, method, eps), _value(attacks, config, WORST_CASE, eps)
+            if low is None or high is None:
+                cells.append(MISSING)
+                continue
+            gap = 100 * (high["mean"] - low["mean"])
+            gaps[eps].append(f"{labels[config]} {gap:.1f}")
+            cells.append(f"{100 * low['mean']:.1f}–{100 * high['mean']:.1f} ({gap:.1f})")
+        if any(c != MISSING for c in cells):
+            rows.append([labels[config], *cells])
+    if not rows:
+        return [], []
+    counts = (", ".join(str(n) for n in sorted(robust["n_samples"].unique())),
+              ", ".join(str(n) for n in sorted(attacks["n_samples"].unique())))
+    lines = ["", f"Bracket at the radii both ran: {method} certified accuracy – worst-case attack accuracy "
+             f"(gap), in %, means over seeds (certified on {counts[0]} test images, attacked on {counts[1]}); "
+             "the true robust accuracy lies in between.", "",
+             *markdown(["configuration", *(f"ε={eps:g}" for eps in radii)], rows, left=1)]
+    said = [f"Gap between {method} and the worst-case attack at ε={eps:g}, in points: {', '.join(g)}."
+            for eps, g in gaps.items() if g]
+    return lines, said + truth_sentences(robust, attacks, method, radii, configs, reference_config, labels)
+
+
+def autoattack_sentences(robust: pd.DataFrame, configs: list[tuple], radii: list[float],
+                         labels: dict[tuple, str]) -> list[str]:
+    """AutoAttack minus the APGD pair on the images AutoAttack attacked (``apgd_firstN`` rows): FAB-T
+    and Square add what the gradient pair missed, so ≈ 0 says the pair alone is full strength."""
+    gaps = []
+    for config in configs:
+        for eps in radii:
+            aa = _value(robust, config, "autoattack", eps)
+            pair = None if aa is None else _value(robust, config, f"apgd_first{int(aa['n_samples'])}", eps)
+            if pair is not None:
+                gaps.append((config, eps, int(aa["n_samples"]), float(aa["mean"] - pair["mean"])))
+    if not gaps:
+        return []
+    worst = min(gaps, key=lambda g: g[3])
+    nonzero = [g for g in gaps if abs(g[3]) >= 0.0005]
+    text = (f"AutoAttack minus the APGD pair (`apgd`) on the same first {gaps[0][2]} test images, mean over seeds: "
+            + ("0.0 points in every configuration at every radius: FAB-T and Square found nothing the pair missed."
+               if not nonzero else
+               f"non-zero in {len(nonzero)} of {len(gaps)} (configuration, ε) cells, at most "
+               f"{100 * worst[3]:+.2f} points ({labels[worst[0]]}, ε={worst[1]:g}): "
+               + "; ".join(f"{labels[c]} ε={e:g} {100 * g:+.2f}" for c, e, _, g in nonzero) + "."))
+    return [text]
+
+
+def conclusion(compared: list[tuple[tuple, float, pd.Series]], inflation: list[tuple[tuple, float, float]],
+               labels: dict[tuple, str], main: set[tuple], reference: tuple | None) -> list[str]:
+    """A few neutral sentences counted from the paired differences (nothing chosen by hand)."""
+    if reference is None or not compared:
+        return []
+    def excludes(d: pd.Series) -> int:
+        return 1 if d["ci_low"] > 0 else -1 if d["ci_high"] < 0 else 0
+
+    own = [(c, e, d) for c, e, d in compared if c in main]
+    other = [(c, e, d) for c, e, d in compared if c not in main]
+    up = [(c, e, d) for c, e, d in own if excludes(d) > 0]
+    down = [(c, e, d) for c, e, d in own if excludes(d) < 0]
+    text = [f"Main sweep against {labels[reference]}, worst case at the strongest evaluation's radii: "
+            f"{len(up)} of {len(own)} (configuration, ε) differences are above zero and {len(down)} below "
+            f"beyond seed noise (95 % t-intervals over {int(max(d['n'] for _, _, d in compared))} seeds paired, "
+            "no multiple-testing correction)"
+            + (": " + "; ".join(f"{labels[c]} ε={e:g} {100 * d['mean']:+.1f}" for c, e, d in up + down) if up + down else "")
+            + "."]
+    for config in dict.fromkeys(c for c, _, _ in other):
+        gains = [(e, d) for c, e, d in other if c == config and excludes(d) > 0]
+        if gains:
+            text.append(f"{labels[config]}: above the reference at " + ", ".join(
+                f"ε={e:g} ({100 * d['mean']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}])"
+                for e, d in gains) + ".")
+        else:
+            text.append(f"{labels[config]}: not distinguishable from the reference at any of these radii.")
+    if inflation:
+        config, eps, gap = max(inflation, key=lambda t: t[2])
+        text.append(f"The original protocol (paper_fgsm) reports more robust accuracy than FGSM on the same "
+                    f"isometric models, by up to {100 * gap:+.1f} points ({labels[config]}, ε={eps:g}); it "
+                    "attacks the training objective of a whole test batch, not the classifier's decision.")
+    return text
+
+
+def isometry_sentence(isometry: pd.DataFrame | None, labels: dict[tuple, str]) -> list[str]:
+    if isometry is None or isometry.empty:
+        return []
+    part = isometry[(isometry["figure"] == "pearson")]
+    part = part[part["layer"] == part["layer"].max()]
+    cells = [f"{labels[config_key(r)]}: {r['mean']:.2f}" for _, r in part.iterrows() if config_key(r) in labels]
+    return [f"Isometry of the last hidden layer (Pearson r of within-class input vs representation distances, "
+            f"test split): {'; '.join(cells)}."] if cells else []
+
+
+def load_sweeps(sweeps: list[str | Path], out: Path) -> tuple[list[Path], list[list[RunDir]], Path, pd.DataFrame]:
+    """The sweep directories, their runs, their common root and one summary frame with a SWEEP column."""
+    dirs = [Path(d) for d in sweeps]
+    if out.suffix != ".md":
+        raise IsorobustError(f"--out must name a .md file (got {out})")
+    per_sweep = []
+    for d in dirs:
+        if not d.is_dir():
+            raise IsorobustError(f"{d} is not a directory")
+        runs = find_runs(d.resolve())  # absolute paths: the sweeps may lie apart
+        if not any(r.complete for r in runs):
+            raise IsorobustError(f"no complete runs below {d}")
+        per_sweep.append(runs)
+    root = Path(os.path.commonpath([d.resolve() for d in dirs]))
+    runs = [r for group in per_sweep for r in group]
+    summary = summary_frame(runs, root)
+    run_sweep = {r.path.relative_to(root).as_posix(): i for i, group in enumerate(per_sweep) for r in group}
+    summary.insert(1, SWEEP, summary["run"].map(run_sweep))
+    return dirs, per_sweep, root, summary
+
+
+def write_study(sweeps: list[str | Path], out: str | Path) -> Report:
+    """Aggregate several sweep directories into one markdown report ``out`` plus figures beside it."""
+    out = Path(out)
+    dirs, per_sweep, root, summary = load_sweeps(sweeps, out)
+    runs = [r for group in per_sweep for r in group]
+    reference = (summary[SWEEP] == 0) & (summary["reg_weight"] == 0)
+    per_run_isometry = isometry_frame(summary, root)
+    isometry = aggregate_isometry(per_run_isometry) if not per_run_isometry.empty else None
+
+    clean = aggregate_clean(summary)
+    labels = dict(zip(config_keys(clean), configuration_labels(clean[KEY])))
+    main = set(config_keys(summary[summary[SWEEP] == 0].drop_duplicates("run")))
+    table, sentences, concluded = headline(summary, reference, labels, main)
+    sentences += isometry_sentence(isometry, labels)
+
+    from isorobust.reports.figures import robustness_figure, save_figure
+
+    main_rows = summary[SWEEP] == 0
+    figures = {"main sweep": summary[main_rows]}
+    if (~main_rows).any():
+        reference_setting = summary.loc[reference, SETTING].iloc[0] if reference.any() else None
+        figures["other sweeps, with the reference"] = summary[~main_rows | (reference & (summary[SETTING] == reference_setting))]
+    images = {}
+    for i, (title, frame) in enumerate(figures.items()):
+        images[title] = out.with_name(f"{out.stem}_{'main' if i == 0 else 'other'}.png")
+
+    lines = [f"# {out.stem}: study report", "",
+             f"Generated by `isorobust report {' '.join(str(d) for d in dirs)} --out {out}` from the runs "
+             "below; every number is a mean over the seeds of real runs, nothing is typed in by hand.", "",
+             "## How the numbers were made", ""]
+    for i, (d, group) in enumerate(zip(dirs, per_sweep)):
+        facts = sweep_facts(group)
+        lines += [f"{'Main sweep' if i == 0 else f'Sweep {i + 1}'}: `{d}`", "", "```", sweep_command(d), "```", "",
+                  f"{facts['runs']} complete runs; {wall_time(facts)} "
+                  f"({facts['job_minutes']:.1f} min of job time); {facts['device']} on {facts['machine']}, "
+                  f"torch {facts['torch']}, torch threads per job {facts['threads']}.", ""]
+    lines += ["## Conclusion (generated from the paired differences)", "", " ".join(concluded), "",
+              "## Headline", "", *table, "", *certifiedmarkdown(summary, reference, labels, root),
+              "## What the numbers say (generated)", "",
+              *[f"- {s}" for s in sentences], ""]
+    for title, path in images.items():
+        lines += [f"![{title}]({path.name})", ""]
+    body = summary_markdown(summary.drop(columns=[SWEEP]), runs, root, isometry, reference=reference)
+    lines += ["## Every table", "", *body.splitlines()[1:]]  # its own title is the sweep root's
+
+    files = []
+    for title, path in images.items():
+        files.append(save_figure(robustness_figure(figures[title]), path))
+    files.append(io.write_csv(out.with_suffix(".csv"), summary))
+    if not per_run_isometry.empty:
+        files.append(io.write_csv(out.with_name(f"{out.stem}_isometry.csv"), per_run_isometry))
+    files.append(io.write_text(out, "\n".join(lines) + "\n"))
+    return Report(root, runs, "\n".join(lines) + "\n", files)
+
+
+__all__ = ["write_study", "load_sweeps", "sweep_command", "sweep_facts", "headline"]
