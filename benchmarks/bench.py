@@ -179,6 +179,31 @@ def matmul_macs_per_second(size: int = 1024, repeats: int = 10) -> float:
     return repeats * size**3 / (time.perf_counter() - t0)
 
 
+def stream_bytes_per_second(mib: int = 256, repeats: int = 5) -> float:
+    """Memory bandwidth as an attack step sees it: c = a + b over arrays far larger than the caches
+    (3 × 4 bytes moved per element: two reads, one write), best of ``repeats``."""
+    n = mib * 2**20 // 4
+    a, b, c = torch.rand(n), torch.rand(n), torch.empty(n)
+    torch.add(a, b, out=c)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.add(a, b, out=c)
+        best = min(best, time.perf_counter() - t0)
+    return 3 * 4 * n / best
+
+
+def mlp_bytes_per_iteration(model: torch.nn.Module, input_numel: int, batch: int = 1000) -> float:
+    """The fp32 bytes one attack iteration must move per sample, at the least: the input-sized passes of a
+    step (read x_adv for the forward; read the input gradient, x_adv and the clean x, write x_adv: 5), each
+    hidden activation written by the forward and read twice by the backward (3 per unit), and the weights
+    read by the forward and the backward once per batch (2 × weights / batch)."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    activations = sum(m.out_features for m in linears)
+    weights = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0) for m in linears)
+    return 4 * (5 * input_numel + 3 * activations + 2 * weights / batch)
+
+
 def mlp_macs_per_iteration(model: torch.nn.Module) -> int:
     """Forward + backward to the input of a stack of linear layers: 2 × the weights' size per sample
     (the attacks need no weight gradients)."""
@@ -195,11 +220,20 @@ def bench_attack_strength(data, n: int, n_autoattack: int) -> list[tuple[str, st
     model = trained_reference(data)
     macs = mlp_macs_per_iteration(model)
     rate = matmul_macs_per_second()
-    limit = rate / macs
+    arithmetic = rate / macs
+    moved = mlp_bytes_per_iteration(model, data.test.x[0].numel())
+    bandwidth = stream_bytes_per_second()
+    traffic = bandwidth / moved
+    limit = min(arithmetic, traffic)  # the roofline: whichever the step runs into first
+    binding = "arithmetic" if arithmetic <= traffic else "memory traffic"
     x, y = data.test.x[:n], data.test.y[:n]
     rows = [("machine's fp32 matmul rate (1024³, torch threads)", f"{rate / 1e9:.1f} GMAC/s"),
             ("model cost per attack iteration (forward + backward to the input)",
-             f"{macs / 1e3:.0f} kMAC per sample → arithmetic limit {limit:,.0f} sample·iterations/s")]
+             f"{macs / 1e3:.0f} kMAC per sample → arithmetic limit {arithmetic:,.0f} sample·iterations/s"),
+            ("machine's memory bandwidth (c = a + b on 256 MiB arrays)", f"{bandwidth / 1e9:.1f} GB/s"),
+            ("bytes an attack iteration must move per sample (see mlp_bytes_per_iteration)",
+             f"{moved / 1e3:.1f} kB → memory-traffic limit {traffic:,.0f} sample·iterations/s"),
+            ("roofline: the limit that binds", f"{binding}, {limit:,.0f} sample·iterations/s")]
     pgd_cfg = OmegaConf.load(HERE.parent / "configs" / "attack" / "pgd.yaml")
     pgd = LinfPGD(**{k: v for k, v in pgd_cfg.items() if not k.startswith("_") and k not in ("epsilons", "n_samples")})
     for name, attack, grid, xs, ys in [
@@ -212,7 +246,7 @@ def bench_attack_strength(data, n: int, n_autoattack: int) -> list[tuple[str, st
         robust_masks(counted, attack, xs, ys, grid, batch_size=1000, seed=0)
         sec = time.perf_counter() - t0
         rows.append((name, f"{sec:.1f} s, {counted.rows / sec:,.0f} sample·iterations/s = "
-                           f"{counted.rows / sec / limit:.0%} of the arithmetic limit"))
+                           f"{counted.rows / sec / limit:.0%} of the binding limit ({binding})"))
     aa = AutoAttack()
     grid = [0.05, 0.1, 0.2, 0.3]
     xs, ys = data.test.x[:n_autoattack], data.test.y[:n_autoattack]

@@ -53,7 +53,8 @@ RESULT_FILES = (METRICS, ROBUSTNESS_CSV, ROBUSTNESS_MD, ROBUSTNESS_PNG, ISOMETRY
 ARTIFACTS = (ROBUSTNESS_MD, ROBUSTNESS_CSV, CHECKS_CSV, ISOMETRY_CSV, METRICS, CERTIFIED_CSV, ROBUSTNESS_PNG,
              BOUNDARY_PNG, TORUS_CSV, TORUS_PNG)
 
-METRICS_VERSION = 2  # 1: records without a version field (before the run record had an owner)
+# 1: records without a version field (before the run record had an owner); 2: versioned; 3: attack_cost
+METRICS_VERSION = 3
 
 
 # --- metrics.json -------------------------------------------------------------------------------------
@@ -87,6 +88,8 @@ class Metrics:
     hierarchy: dict[str, Any] | None = None
     certify: dict[str, Any] | None = None  # the summary of a certification made during training
     seconds: dict[str, float] = field(default_factory=dict)
+    # per (attack, ε): seconds, samples attacked, sample-forwards (attacks.base.AttackCost); version >= 3
+    attack_cost: list[dict[str, Any]] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] | None = None  # the resolved job config; resume=true compares against it
     overrides: list[str] | None = None

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import eagerpy as ep
 import foolbox as fb
@@ -209,6 +211,36 @@ def robust_accuracy(robust: Tensor) -> float:
     return robust.float().mean().item()
 
 
+@dataclass
+class AttackCost:
+    """What one attack cost at one ε: wall seconds, the samples it attacked (survivors only, summed over
+    restarts) and its sample-forwards (rows of every forward pass the attack made: per sample, one per
+    iteration of a gradient attack, one per query of Square), the unit its throughput is measured in."""
+
+    attack: str
+    epsilon: float
+    seconds: float
+    samples: int
+    sample_forwards: int
+
+    def record(self) -> dict[str, Any]:
+        return {"attack": self.attack, "epsilon": self.epsilon, "seconds": self.seconds, "samples": self.samples,
+                "sample_forwards": self.sample_forwards}
+
+
+class _ForwardCounter:
+    """Counts the rows of every forward pass of a model while ``active`` (a forward hook)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.rows = 0
+        self.active = False
+        self.handle = model.register_forward_hook(self._count)
+
+    def _count(self, module: nn.Module, inputs: tuple, output: Any) -> None:
+        if self.active and inputs and isinstance(inputs[0], Tensor):
+            self.rows += int(inputs[0].shape[0])
+
+
 def robust_masks(
     model: nn.Module,
     attack: Attack,
@@ -217,6 +249,7 @@ def robust_masks(
     epsilons: Sequence[float],
     batch_size: int,
     seed: int,
+    costs: list[AttackCost] | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
     """Per-sample outcome of one attack: clean-correct mask and, for each ε (ascending), the mask
     of samples that are correct and not fooled.
@@ -230,25 +263,40 @@ def robust_masks(
     if list(epsilons) != sorted(epsilons):
         raise ValueError("epsilons must be ascending")
     torch.manual_seed(seed)  # PGD's random start: the same seed gives the same table
-    with frozen(model):
-        correct = predict(model, x, batch_size) == y
-        robust = correct.clone()
-        masks = []
-        all_idx = torch.arange(x.shape[0], device=x.device)
-        for eps in epsilons:
-            if not attack.cumulative:
-                robust = correct.clone()
-            if eps > 0:
-                for _ in range(attack.restarts):
-                    # A batch-dependent attack sees the same fixed batches as the original protocol.
-                    targets = all_idx if attack.batch_dependent else robust.nonzero().squeeze(1)
-                    for start in range(0, targets.numel(), batch_size):
-                        idx = targets[start : start + batch_size]
-                        adv = attack.perturb(model, x[idx], y[idx], float(eps))
-                        with torch.no_grad():
-                            broken = model(adv).argmax(dim=1) != y[idx]
-                        robust[idx[broken]] = False
-            masks.append(robust.clone())
+    counter = _ForwardCounter(model) if costs is not None else None
+    try:
+        with frozen(model):
+            correct = predict(model, x, batch_size) == y
+            robust = correct.clone()
+            masks = []
+            all_idx = torch.arange(x.shape[0], device=x.device)
+            for eps in epsilons:
+                t0, attacked = time.perf_counter(), 0
+                rows_before = counter.rows if counter is not None else 0
+                if not attack.cumulative:
+                    robust = correct.clone()
+                if eps > 0:
+                    for _ in range(attack.restarts):
+                        # A batch-dependent attack sees the same fixed batches as the original protocol.
+                        targets = all_idx if attack.batch_dependent else robust.nonzero().squeeze(1)
+                        attacked += targets.numel()
+                        for start in range(0, targets.numel(), batch_size):
+                            idx = targets[start : start + batch_size]
+                            if counter is not None:
+                                counter.active = True
+                            adv = attack.perturb(model, x[idx], y[idx], float(eps))
+                            if counter is not None:
+                                counter.active = False
+                            with torch.no_grad():
+                                broken = model(adv).argmax(dim=1) != y[idx]
+                            robust[idx[broken]] = False
+                masks.append(robust.clone())
+                if costs is not None:  # one sync per ε (the mask above already waited for the device)
+                    costs.append(AttackCost(attack.name, float(eps), time.perf_counter() - t0, attacked,
+                                            counter.rows - rows_before))
+    finally:
+        if counter is not None:
+            counter.handle.remove()
     return correct, masks
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from isorobust.attacks.base import FoolboxAttack, robust_accuracy, robust_masks
+from isorobust.attacks.base import AttackCost, FoolboxAttack, robust_accuracy, robust_masks
 from isorobust.data import Split
 from isorobust.rundir import LEVEL, TABLE_COLUMNS, TREE_DISTANCE, WORST_CASE
 from isorobust.metrics.clean import predict
@@ -30,10 +30,12 @@ def robustness_table(
     meta: Mapping[str, Any],
     progress: bool | None = None,
     broken: dict[float, torch.Tensor] | None = None,
+    costs: list[dict[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """One row per (attack, ε) with the columns of ``TABLE_COLUMNS`` (and ``meta`` filled in). ``broken``,
     when given, receives per L∞ radius the samples some attack broke there (misclassified included; an
-    attack on the first N only marks those), for certification to skip (``certify=alpha_crown``)."""
+    attack on the first N only marks those), for certification to skip (``certify=alpha_crown``).
+    ``costs``, when given, receives one ``AttackCost.record()`` per (attack, ε)."""
     x, y = (test.x, test.y) if n_samples is None else (test.x[:n_samples], test.y[:n_samples])
     rows = []
     outcomes: dict[tuple, list[tuple]] = {}  # (norm, ε) -> per attack: (name, robust mask, clean accuracy)
@@ -48,7 +50,10 @@ def robustness_table(
     for name, attack in tqdm(attacks.items(), desc="attacks", disable=None if progress is None else not progress):
         grid = sorted(float(e) for e in attack.epsilons) if attack.epsilons else list(epsilons)
         n = x.shape[0] if attack.n_samples is None else min(int(attack.n_samples), x.shape[0])
-        correct, masks = robust_masks(model, attack, x[:n], y[:n], grid, batch_size, seed)
+        spent: list[AttackCost] | None = [] if costs is not None else None
+        correct, masks = robust_masks(model, attack, x[:n], y[:n], grid, batch_size, seed, spent)
+        if costs is not None:
+            costs.extend({**c.record(), **({LEVEL: meta[LEVEL]} if LEVEL in meta else {})} for c in spent)
         clean = robust_accuracy(correct)
         log.info("%s: clean %.4f, robust %s", name, clean, " ".join(f"{robust_accuracy(m):.4f}" for m in masks))
         add_rows(name, attack.norm, clean, grid, masks)
@@ -95,6 +100,7 @@ def robustness_by_level(
     seed: int,
     meta: Mapping[str, Any],
     broken: dict | None = None,
+    costs: list[dict[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """``robustness_table`` for an ordinary model; for a hierarchical one, the table of every level's
     read-out stacked, with a ``level`` column, and ``error_tree_distance`` (clean errors of the
@@ -102,12 +108,13 @@ def robustness_by_level(
     ``robustness_table`` (ordinary models only)."""
     hierarchy = model_hierarchy(model)
     if hierarchy is None:
-        return robustness_table(model, test, attacks, epsilons, n_samples, batch_size, seed, meta, broken=broken)
+        return robustness_table(model, test, attacks, epsilons, n_samples, batch_size, seed, meta, broken=broken,
+                                costs=costs)
     frames = []
     for level in range(hierarchy.depth):
         split = Split(test.x, hierarchy.level_labels(test.y, level))
         frames.append(robustness_table(LevelReadout(model, level), split, attacks, epsilons, n_samples,
-                                       batch_size, seed, {**meta, LEVEL: level}))
+                                       batch_size, seed, {**meta, LEVEL: level}, costs=costs))
     table = pd.concat(frames, ignore_index=True)
     x, y = (test.x, test.y) if n_samples is None else (test.x[:n_samples], test.y[:n_samples])
     distance = mean_error_tree_distance(hierarchy, predict(model, x, batch_size), y)

@@ -20,18 +20,20 @@ log = logging.getLogger(__name__)
 
 def attack_and_certify(model: Any, test: Any, attacks: Mapping[str, Any], evaluation: EvalSettings, seed: int,
                        meta: Mapping[str, Any], certifier: Certifier | None
-                       ) -> tuple[pd.DataFrame, tuple[CertifyResult, pd.DataFrame] | None, float]:
+                       ) -> tuple[pd.DataFrame, tuple[CertifyResult, pd.DataFrame] | None, float, list[dict]]:
     """The robustness table (per level for hierarchical models), the certification of the same model
-    (skipping, for alpha_crown and bab, what the attacks broke) and the attack seconds."""
+    (skipping, for alpha_crown and bab, what the attacks broke), the attack seconds and what each attack
+    cost per ε (``attacks.base.AttackCost``)."""
     import time
 
     t0 = time.perf_counter()
     broken: dict[float, Any] = {}  # per radius, what the attacks broke (certification skips it)
+    costs: list[dict] = []
     table = robustness_by_level(model, test, attacks, evaluation.epsilons, evaluation.n_samples,
-                                evaluation.batch_size, seed, meta, broken=broken)
+                                evaluation.batch_size, seed, meta, broken=broken, costs=costs)
     attack_s = time.perf_counter() - t0
     certified = certify_split(certifier, model, test, meta, broken) if certifier is not None else None
-    return table, certified, attack_s
+    return table, certified, attack_s, costs
 
 
 def certify_split(certifier: Certifier, model: Any, test: Any, meta: Mapping[str, Any],

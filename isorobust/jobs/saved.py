@@ -34,12 +34,14 @@ class SavedRun:
     path: Path | None
     config: DictConfig
     model: Any
+    external_source: str = ""
 
     @classmethod
     def from_command(cls, cfg: DictConfig) -> SavedRun:
         if cfg.get("run") is not None:
-            if cfg.get("checkpoint") is not None:
-                raise ConfigError("give run=<run dir> or checkpoint=<file> (with model._target_), not both")
+            if cfg.get("checkpoint") is not None or cfg.get("dataset") is not None:
+                raise ConfigError("give run=<run dir> (its model and data set), or checkpoint=<file> "
+                                  "model._target_=<factory> dataset=<name>, not both")
             return cls.load(cfg.run)
         return cls.external(cfg)
 
@@ -67,11 +69,12 @@ class SavedRun:
         config.model = {**node, "name": model_name(node)}
         data = instantiate(cfg.dataset)
         model = load_weights(build_model(node, data.input_shape, data.num_classes), Path(str(cfg.checkpoint)))
-        return cls(None, config, model.eval())
+        return cls(None, config, model.eval(), f"{Path(str(cfg.checkpoint)).resolve()} ({node['_target_']})")
 
     @property
     def source(self) -> str:
-        return str(self.path.resolve()) if self.path is not None else "(an external model)"
+        """What was evaluated, for attack.json and certify.json: the run directory, or checkpoint and target."""
+        return str(self.path.resolve()) if self.path is not None else self.external_source
 
 
 def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
@@ -98,13 +101,15 @@ def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     meta = run_meta(merged)
 
     t0 = time.perf_counter()
-    table, certified, _ = attack_and_certify(model, data.test, attacks, evaluation, int(merged.seed), meta, certifier)
+    table, certified, _, attack_cost = attack_and_certify(model, data.test, attacks, evaluation, int(merged.seed),
+                                                          meta, certifier)
     markdown = write_tables(out_dir, table, attacks, certified)
     rundir.write_attack_record(out_dir, {
         "run": saved.source,
         "attacks": list(attacks),
         "epsilons": evaluation.epsilons,
         "seconds": time.perf_counter() - t0,
+        "attack_cost": attack_cost,
         **({"certify": certified[0].summary()} if certified else {}),
         "environment": environment(device),
     })
@@ -124,7 +129,7 @@ def check(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     model = saved.model.to(device)
     attacks = build_attacks(merged.attack)
     if saved.path is None:
-        table, _, _ = attack_and_certify(model, data.test, attacks, EvalSettings.from_config(merged.eval),
+        table, _, _, _ = attack_and_certify(model, data.test, attacks, EvalSettings.from_config(merged.eval),
                                          int(merged.seed), run_meta(merged), None)
         rundir.write_table(out_dir, rundir.ROBUSTNESS_CSV, table)
     elif (saved.path / rundir.ROBUSTNESS_CSV).is_file():

@@ -83,7 +83,8 @@ def train(cfg: DictConfig, run_dir: Path) -> rundir.Metrics:
     isometry = write_isometry(model, data, run_dir, evaluation, meta, test["accuracy"])
     eval_s = time.perf_counter() - t0
 
-    table, certified, attack_s = attack_and_certify(model, data.test, attacks, evaluation, seed, meta, certifier)
+    table, certified, attack_s, attack_cost = attack_and_certify(model, data.test, attacks, evaluation, seed, meta,
+                                                                 certifier)
     markdown = write_tables(run_dir, table, attacks, certified)
     t0 = time.perf_counter()
     checks = sanity_checks(model, data, table, attacks, check_settings, evaluation.batch_size, seed, run_dir)
@@ -114,6 +115,7 @@ def train(cfg: DictConfig, run_dir: Path) -> rundir.Metrics:
             **({"certify": certified[0].seconds} if certified else {}),
             "total": time.perf_counter() - t_start,
         },
+        attack_cost=attack_cost,
         environment=environment(device),
         config=job_config(cfg),  # resume=true compares against it
         overrides=hydra_overrides(),

@@ -196,6 +196,41 @@ def isometry_frame(summary: pd.DataFrame, root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def attack_cost_frame(summary: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """One row per (run, attack, ε, level) with what the attack cost there (``metrics.json["attack_cost"]``,
+    recorded since version 3 of the record; empty for older runs)."""
+    rows = []
+    for run in summary["run"].unique():
+        for cost in rundir.read_metrics(root / run).attack_cost:
+            rows.append({"run": run, **cost})
+    return pd.DataFrame(rows)
+
+
+def attack_cost_sums(costs: pd.DataFrame) -> pd.DataFrame:
+    """Per attack and ε, summed over runs: seconds, samples attacked, sample-forwards, and throughput."""
+    sums = costs.groupby(["attack", "epsilon"], sort=False)[["seconds", "samples", "sample_forwards"]].sum()
+    sums = sums.reset_index()
+    sums["sample_forwards_per_s"] = sums["sample_forwards"] / sums["seconds"].where(sums["seconds"] > 0)
+    return sums
+
+
+def attack_cost_markdown(costs: pd.DataFrame) -> list[str]:
+    """The sweep's attack cost: per attack, seconds and sample-forwards per run (all radii) and throughput."""
+    if costs.empty:
+        return []
+    per_run = costs.groupby(["attack", "run"], sort=False)[["seconds", "sample_forwards"]].sum().reset_index()
+    rows = []
+    for attack, part in per_run.groupby("attack", sort=False):
+        seconds, forwards = part["seconds"], part["sample_forwards"]
+        rate = forwards.sum() / seconds.sum() if seconds.sum() > 0 else float("nan")
+        rows.append([str(attack), stat_cell(seconds.mean(), seconds.std(), len(part), scale=1.0, digits=1),
+                     f"{forwards.mean():.4g}", f"{rate:.4g}"])
+    return ["", "## Attack cost (per run, all radii together; mean ± std over runs)", "",
+            "Sample-forwards: the rows of every forward pass an attack made (per sample, one per iteration of a "
+            "gradient attack, one per query of Square); per attack and ε summed over runs in attack_cost.csv.", "",
+            *markdown(["attack", "seconds per run", "sample-forwards per run", "sample-forwards/s"], rows, left=1)]
+
+
 def aggregate_isometry(isometry: pd.DataFrame) -> pd.DataFrame:
     """Mean, sample std and n over seeds of each isometry figure, per configuration and layer."""
     keys = [*CONFIG_COLUMNS, SETTING, "layer"]
@@ -347,6 +382,7 @@ def summary_markdown(summary: pd.DataFrame, runs: list[RunDir], root: Path,
                 rows.append([str(layer), *(cells.get(c, MISSING) for c in columns)])
             lines += ["", f"### {title}", ""]
             lines += markdown(["layer", *(label_of[c] for c in columns)], rows)
+    lines += attack_cost_markdown(attack_cost_frame(summary, root))
     duplicated = clean[clean["seeds"].str.split().map(lambda s: len(s) != len(set(s)))]
     if not duplicated.empty:
         lines += ["", "Note: some configurations hold several runs with the same seed (merged sweeps?)."]

@@ -61,8 +61,26 @@ def sweep_facts(runs: list[RunDir]) -> dict[str, object]:
         "torch": env.get("torch", "?"),
         "device": env.get("device", "?"),
         "threads": sorted({m.environment.get("threads") for m in metrics} - {None}),
+        "attack_minutes": _attack_minutes(metrics),
         "cpus": os.cpu_count(),
     }
+
+
+def _attack_minutes(metrics: list[rundir.Metrics]) -> dict[str, float]:
+    """Minutes each attack took, summed over the runs and radii (runs recorded since metrics version 3)."""
+    minutes: dict[str, float] = {}
+    for m in metrics:
+        for cost in m.attack_cost:
+            minutes[cost["attack"]] = minutes.get(cost["attack"], 0.0) + float(cost["seconds"]) / 60
+    return minutes
+
+
+def attack_time(facts: dict[str, object]) -> str:
+    """" Attack time summed over runs: fgsm 0.3 min, pgd 12.1 min." where the runs recorded it."""
+    minutes = facts.get("attack_minutes") or {}
+    if not minutes:
+        return ""
+    return " Attack time summed over runs: " + ", ".join(f"{a} {m:.1f} min" for a, m in minutes.items()) + "."
 
 
 def wall_time(facts: dict[str, object]) -> str:
@@ -506,7 +524,7 @@ def write_study(sweeps: list[str | Path], out: str | Path) -> Report:
         lines += [f"{'Main sweep' if i == 0 else f'Sweep {i + 1}'}: `{d}`", "", "```", sweep_command(d), "```", "",
                   f"{facts['runs']} complete runs; {wall_time(facts)} "
                   f"({facts['job_minutes']:.1f} min of job time); {facts['device']} on {facts['machine']}, "
-                  f"torch {facts['torch']}, torch threads per job {facts['threads']}.", ""]
+                  f"torch {facts['torch']}, torch threads per job {facts['threads']}.{attack_time(facts)}", ""]
     lines += ["## Conclusion (generated from the paired differences)", "", " ".join(concluded), "",
               "## Headline", "", *table, "", *certifiedmarkdown(summary, reference, labels, root),
               "## What the numbers say (generated)", "",

@@ -6,10 +6,13 @@ from pathlib import Path
 
 from isorobust import io
 from isorobust.errors import IsorobustError
-from isorobust.reports.aggregate import aggregate_isometry, isometry_frame, summary_frame, summary_markdown
+from isorobust.reports.aggregate import (
+    aggregate_isometry, attack_cost_frame, attack_cost_sums, isometry_frame, summary_frame, summary_markdown,
+)
 from isorobust.reports.objective import STUDY_FILE, study_report
 from isorobust.rundir import RunDir, find_runs, finest_level
 
+ATTACK_COST_FILE = "attack_cost.csv"  # per attack and ε, summed over the runs that recorded their cost
 REPORT_FILES = ("summary.csv", "summary.md", "robustness.png", "robustness.pdf", "isometry_summary.csv")
 
 
@@ -57,4 +60,7 @@ def write_report(root: str | Path) -> Report:
     ]
     if study is not None:
         files.append(io.write_csv(root / STUDY_FILE, study.frame))
+    costs = attack_cost_frame(summary, root)
+    if not costs.empty:  # runs recorded since version 3 of metrics.json
+        files.append(io.write_csv(root / ATTACK_COST_FILE, attack_cost_sums(costs)))
     return Report(root, runs, markdown, files)
