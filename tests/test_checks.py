@@ -29,7 +29,9 @@ def setup():
 
 
 def run_checks(model, surrogate, x, y):
-    results = attack_checks(model, x, y, [0.1, 0.2], LinfPGD(steps=10, rel_stepsize=0.1), FGSM(), Square(n_queries=300),
+    # a full-strength PGD (40 steps): with 10 it finds 28 % at ε=0.1 where APGD finds 10.5 % and Square 12 %,
+    # and the gradient-free check rightly says the gradient attacks are weak
+    results = attack_checks(model, x, y, [0.1, 0.2], LinfPGD(steps=40, rel_stepsize=0.1), FGSM(), Square(n_queries=300),
                             surrogate,
                             batch_size=100, seed=0)
     return {r.check: r for r in results}
