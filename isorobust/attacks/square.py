@@ -60,22 +60,22 @@ def square_linf(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, n_querie
         side = min(max(int(round(math.sqrt(p_selection(p_init, query, n_queries) * h * w))), 1), h - 1)
         top = int(torch.randint(0, h - side + 1, (1,), generator=generator))
         left = int(torch.randint(0, w - side + 1, (1,), generator=generator))
-        window = (slice(None), slice(None), slice(top, top + side), slice(left, left + side))
-        clean, current = x[active], best[active]
-        lo, hi = low[active][window], high[active][window]
-        new_window = torch.minimum(torch.maximum(clean[window] + epsilon * _signs(
+        rows, cols = slice(top, top + side), slice(left, left + side)
+        clean = x[active, :, rows, cols]  # the window only: copies of side² pixels, not of whole images
+        lo, hi = low[active, :, rows, cols], high[active, :, rows, cols]
+        candidate = best[active]  # a copy (advanced indexing): the current iterate, its window replaced below
+        current = candidate[:, :, rows, cols]
+        new_window = torch.minimum(torch.maximum(clean + epsilon * _signs(
             (active.numel(), c, 1, 1), generator, x.device), lo), hi)
         # A window equal to the current one costs a query and teaches nothing: draw again (the paper's code
         # does the same), at most a few times (at ε clipped to the bounds every sign may give the same pixels).
         for _ in range(10):
-            same = (new_window - current[window]).abs().flatten(1).amax(dim=1) < 1e-7
+            same = (new_window - current).abs().flatten(1).amax(dim=1) < 1e-7
             if not same.any():
                 break
-            fresh = torch.minimum(torch.maximum(clean[window][same] + epsilon * _signs(
+            new_window[same] = torch.minimum(torch.maximum(clean[same] + epsilon * _signs(
                 (int(same.sum()), c, 1, 1), generator, x.device), lo[same]), hi[same])
-            new_window[same] = fresh
-        candidate = current.clone()
-        candidate[window] = new_window
+        candidate[:, :, rows, cols] = new_window
         margin = margins(model, candidate, y[active])
         better = margin < best_margin[active]
         best_margin[active] = torch.where(better, margin, best_margin[active])
