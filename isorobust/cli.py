@@ -166,9 +166,9 @@ def command_job(name: str) -> Callable[[Any, Path], Any]:
 
 
 def wrote(folder: Path, files: list[Path] | None = None) -> None:
-    """Every command's last line: the folder it wrote (and, where it wrote few, which files)."""
-    names = f" ({', '.join(p.name if p.parent == folder else str(p) for p in files)})" if files else ""
-    print(f"isorobust: results in {folder}{names}", flush=True)
+    from isorobust.rundir import results_line
+
+    print(results_line(folder, files), flush=True)
 
 
 def report(args: list[str]) -> None:

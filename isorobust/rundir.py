@@ -442,6 +442,13 @@ def log_span(run: Path) -> tuple[float, float] | None:
     return None
 
 
+def results_line(folder: Path, files: list[Path] | None = None) -> str:
+    """Every command's last line: the folder it wrote (and, where it wrote few, which files)."""
+    folder = Path(folder)
+    names = f" ({', '.join(p.name if p.parent == folder else str(p) for p in files)})" if files else ""
+    return f"isorobust: results in {folder}{names}"
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip()
     line = text.splitlines()[0] if text else type(exc).__name__

@@ -44,3 +44,6 @@ class SweepSummary(Callback):
             from isorobust.tracking import log_finished_sweep
 
             log_finished_sweep(config, sweep_dir)
+        from isorobust.rundir import results_line
+
+        print(results_line(sweep_dir), flush=True)
