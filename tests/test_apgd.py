@@ -151,3 +151,24 @@ def test_apgd_is_stronger_than_a_short_pgd(tiny):
     _, weak = robust_accuracy_curve(model, LinfPGD(steps=5, rel_stepsize=0.01 / 0.3), x, y, eps, 100, 0)
     _, strong = robust_accuracy_curve(model, APGD(steps=50, n_target_classes=3), x, y, eps, 100, 0)
     assert all(s <= w for s, w in zip(strong, weak)) and any(s < w - 0.02 for s, w in zip(strong, weak))
+
+
+def test_broken_samples_leave_the_batch_late_without_changing_anything(monkeypatch):
+    """Broken rows stay in the batch until they are COMPACT_SHARE of it: the same bits as removing them at
+    once, and every broken sample's example is the iterate that first fooled the model."""
+    from isorobust.attacks import apgd
+
+    x, y = brightest_row_data(300)
+    model = fit_tiny_mlp(0, x, y)
+    results = []
+    for share in (0.0, apgd.COMPACT_SHARE, 0.9):
+        monkeypatch.setattr(apgd, "COMPACT_SHARE", share)
+        torch.manual_seed(5)
+        results.append(apgd.apgd_run(model, x, y, 0.08, steps=30))
+    (adv0, fooled0), *others = results
+    assert 0 < fooled0.sum() < x.shape[0]
+    for adv, fooled in others:
+        assert torch.equal(fooled, fooled0) and torch.equal(adv, adv0)
+    with torch.no_grad():
+        assert (model(adv0[fooled0]).argmax(dim=1) != y[fooled0]).all()
+    assert (adv0 - x).abs().amax() <= 0.08 + 1e-6

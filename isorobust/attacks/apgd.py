@@ -9,8 +9,10 @@ best point. APGD-T maximises the targeted DLR loss towards each of the ``n_targe
 runner-up classes of the clean logits in turn, on the samples the earlier targets left.
 
 What differs from the ports is bookkeeping only: every quantity above is per sample, so a sample
-is taken out of the batch once it is misclassified (its adversarial example kept), and the rest
-go on exactly as they would have. That makes each iteration cost the still-robust samples only.
+is taken out of the batch once it is misclassified (its adversarial example kept; the broken rows
+leave together, once they are COMPACT_SHARE of the batch), and the rest go on exactly as they would
+have. That makes each iteration cost about the still-robust samples only. The step is computed in
+place with the same operations in the same order as the formula, so the same bits.
 ``tests/test_apgd.py`` checks the results against torchattacks.
 """
 from __future__ import annotations
@@ -27,6 +29,9 @@ from isorobust.attacks.base import Attack
 
 RHO = 0.75  # oscillation threshold: halve where the loss rose in at most 75 % of the steps
 MOMENTUM = 0.75
+# Broken samples leave the batch once they are this share of it: each removal copies every per-sample
+# state, so removing a few rows at every iteration costs more than computing them until then.
+COMPACT_SHARE = 0.1
 
 
 def dlr_targeted_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
@@ -80,21 +85,22 @@ def apgd_run(
     halved_at_check = torch.ones(n, dtype=torch.bool, device=x.device)  # the reference code's initial value
     view = (-1, *[1] * (x.dim() - 1))
 
+    done = torch.zeros(n, dtype=torch.bool, device=x.device)  # broken rows still in the batch
+
     def drop_fooled(logits: Tensor) -> bool:
-        """Record and remove the misclassified samples; False when none is left."""
+        """Record the newly misclassified samples and, once they are COMPACT_SHARE of the batch, remove the
+        broken ones; False when none is left to attack."""
         nonlocal alive, x, y, target, lower, upper, x_adv, x_old, x_best, grad, grad_best, loss_best, loss_prev
-        nonlocal step, rises, loss_best_at_check, halved_at_check
-        fooled = logits.argmax(dim=1) != y
-        if not compact:
-            first = fooled & ~out_fooled[alive]
+        nonlocal step, rises, loss_best_at_check, halved_at_check, done
+        first = (logits.argmax(dim=1) != y) & ~done
+        if first.any():
             out_fooled[alive[first]] = True
             out_adv[alive[first]] = x_adv[first]
-            return True
-        if not fooled.any():
-            return True
-        out_fooled[alive[fooled]] = True
-        out_adv[alive[fooled]] = x_adv[fooled]
-        keep = ~fooled
+            done |= first
+        if not compact or int(done.sum()) < COMPACT_SHARE * done.numel():
+            return compact is False or not bool(done.all())
+        keep = ~done
+        done = done[keep]
         alive, x, y, lower, upper = alive[keep], x[keep], y[keep], lower[keep], upper[keep]
         target = None if target is None else target[keep]
         x_adv, x_old, x_best, grad, grad_best = x_adv[keep], x_old[keep], x_best[keep], grad[keep], grad_best[keep]
@@ -107,10 +113,17 @@ def apgd_run(
     since_check, period = 0, steps_first
     for i in range(steps):
         with torch.no_grad():
+            # z = clip(x_adv + step·sign(grad)); x_adv + a·(z − x_adv) + (1 − a)·(x_adv − x_old), clipped:
+            # the same operations in the same order (so the same bits), in place where a buffer is free
             a = MOMENTUM if i > 0 else 1.0
-            z = torch.max(torch.min(x_adv + step.view(view) * grad.sign(), upper), lower)
-            new = x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_old)
-            x_old, x_adv = x_adv, torch.max(torch.min(new, upper), lower)
+            z = torch.addcmul(x_adv, step.view(view), grad.sign_())
+            torch.minimum(z, upper, out=z)
+            torch.maximum(z, lower, out=z)
+            z.sub_(x_adv).mul_(a).add_(x_adv)
+            z.add_(torch.sub(x_adv, x_old).mul_(1 - a))
+            torch.minimum(z, upper, out=z)
+            torch.maximum(z, lower, out=z)
+            x_old, x_adv = x_adv, z
         loss, grad, logits = _loss_and_grad(model, x_adv, y, target)
         with torch.no_grad():
             rises += loss > loss_prev
