@@ -207,7 +207,6 @@ LEGACY_TARGETS = {
     "isorobust.evaluation.autoattack.": "isorobust.attacks.autoattack.",
     "isorobust.evaluation.paper.": "isorobust.attacks.paper.",
     "isorobust.evaluation.certify.": "isorobust.certification.",
-    "isorobust.sweeps.callback.": "isorobust.sweeps.callback.",
 }
 
 
