@@ -101,14 +101,14 @@ def check_saved_run(command: str, args: list[str]) -> None:
 OPTUNA = "hydra/sweeper=optuna"
 
 
-def optuna_arguments(args: list[str]) -> list[str]:
+def check_optuna_installed(args: list[str]) -> None:
     """``hydra/sweeper=optuna_maximize`` (configs/hydra/sweeper/: the plugin's sweeper, set to maximise the
     objective, a robust accuracy) or the plugin's own ``hydra/sweeper=optuna`` (its default direction,
-    minimize, stops the study before training; objective.check_objective): the plugin must be installed,
-    else one line with the pip command. The arguments come back unchanged: the direction is the config's."""
+    minimize, stops the study before training; objective.check_objective) need the plugin: else one line
+    with the pip command."""
     chosen = next((arg for arg in args if arg.startswith(OPTUNA)), None)
     if chosen is None:
-        return args
+        return
     try:
         import optuna  # noqa: F401
         from hydra_plugins.hydra_optuna_sweeper import optuna_sweeper  # noqa: F401
@@ -116,7 +116,6 @@ def optuna_arguments(args: list[str]) -> list[str]:
         from isorobust.tracking import install_command
 
         fail(f"{chosen} needs the Optuna sweeper, which is not installed: {install_command('optuna')}")
-    return args
 
 
 def hydra_app(config_name: str, job: Callable[[Any, Path], Any]) -> Callable[[], Any]:
@@ -146,21 +145,20 @@ def command_job(name: str) -> Callable[[Any, Path], Any]:
             from isorobust.jobs import saved
 
             result = getattr(saved, name)(cfg, out_dir)
-            wrote(out_dir)
-            return result
-        from isorobust.jobs.train import train
-        from isorobust.sweeps import objective
+        else:
+            from isorobust.jobs.train import train
+            from isorobust.sweeps import objective
 
-        # An optimizing sweeper (hydra/sweeper=optuna_maximize) reads the job's return value: the objective,
-        # checked before training. Every other run returns its metrics.
-        if not objective.optimizing_sweep():
-            metrics = train(cfg, out_dir)
-            wrote(out_dir)
-            return metrics
-        objective.check_objective(cfg)
-        train(cfg, out_dir)
+            # An optimizing sweeper (hydra/sweeper=optuna_maximize) reads the job's return value: the
+            # objective, checked before training. Every other run returns its metrics.
+            optimizing = objective.optimizing_sweep()
+            if optimizing:
+                objective.check_objective(cfg)
+            result = train(cfg, out_dir)
+            if optimizing:
+                result = objective.job_objective(cfg, out_dir)
         wrote(out_dir)
-        return objective.job_objective(cfg, out_dir)
+        return result
 
     return job
 
@@ -264,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     check_group_overrides(rest)
     check_launcher_overrides(rest)
     check_saved_run(command, rest)
-    rest = optuna_arguments(rest)
+    check_optuna_installed(rest)
     signal.signal(signal.SIGTERM, _terminate)
     sys.argv = [f"isorobust-{command}", *rest]
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -372,14 +372,19 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         raise IsorobustError(f"cannot read {path}: {first_line(exc)}") from None
 
 
-def _afterwards(table: Path) -> Certification:
-    record = _read_json(table.parent / CERTIFY_JSON) or {}
-    summary = record.get("certify")
-    methods = _table_methods(table) or {"?"}
-    method = method_name(summary["method"]) if summary and "method" in summary else sorted(methods)[0]
-    seconds = record.get("seconds")
+def _certification(table: Path, summary: dict[str, Any] | None, seconds: Any, during_training: bool) -> Certification:
+    """A certification from its table and the record beside it: the method its summary names, else its
+    table's."""
+    method = method_name(summary["method"]) if summary and "method" in summary else \
+        sorted(_table_methods(table) or {"?"})[0]
     return Certification(method, table, summary, float(seconds) if isinstance(seconds, (int, float)) else None,
-                         False)
+                         during_training)
+
+
+def _afterwards(table: Path) -> Certification:
+    """One ``isorobust certify`` made: its table and certify.json beside it."""
+    record = _read_json(table.parent / CERTIFY_JSON) or {}
+    return _certification(table, record.get("certify"), record.get("seconds"), False)
 
 
 def certifications(run: Path) -> list[Certification]:
@@ -390,12 +395,7 @@ def certifications(run: Path) -> list[Certification]:
     found: list[Certification] = []
     if (run / CERTIFIED_CSV).is_file():
         metrics = read_metrics(run) if (run / METRICS).is_file() else Metrics()
-        summary = metrics.certify
-        method = method_name(summary["method"]) if summary and "method" in summary else \
-            sorted(_table_methods(run / CERTIFIED_CSV) or {"?"})[0]
-        seconds = metrics.seconds.get("certify")
-        found.append(Certification(method, run / CERTIFIED_CSV, summary,
-                                   float(seconds) if isinstance(seconds, (int, float)) else None, True))
+        found.append(_certification(run / CERTIFIED_CSV, metrics.certify, metrics.seconds.get("certify"), True))
     if (run / CERTIFY_DIR / CERTIFIED_CSV).is_file():
         found.append(_afterwards(run / CERTIFY_DIR / CERTIFIED_CSV))
     for path in method_certification_tables(run):
@@ -453,6 +453,3 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     line = text.splitlines()[0] if text else type(exc).__name__
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
-
-def iter_complete(runs: list[RunDir]) -> Iterator[Path]:
-    return (r.path for r in runs if r.complete)

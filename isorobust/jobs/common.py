@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,13 @@ from isorobust.reports.run import markdown_by_level
 
 log = logging.getLogger(__name__)
 
+
 def attack_and_certify(model: Any, test: Any, attacks: Mapping[str, Any], evaluation: EvalSettings, seed: int,
                        meta: Mapping[str, Any], certifier: Certifier | None
                        ) -> tuple[pd.DataFrame, tuple[CertifyResult, pd.DataFrame] | None, float, list[dict]]:
     """The robustness table (per level for hierarchical models), the certification of the same model
     (skipping, for alpha_crown and bab, what the attacks broke), the attack seconds and what each attack
     cost per ε (``attacks.base.AttackCost``)."""
-    import time
-
     t0 = time.perf_counter()
     broken: dict[float, Any] = {}  # per radius, what the attacks broke (certification skips it)
     costs: list[dict] = []

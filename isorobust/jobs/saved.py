@@ -10,7 +10,6 @@ import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-
 from isorobust import rundir
 from isorobust.checks import CheckSettings
 from isorobust.config import resolve_device
@@ -35,6 +34,11 @@ class SavedRun:
     config: DictConfig
     model: Any
     external_source: str = ""
+    data: Any = None  # an external model's data set, loaded once to build the model
+
+    def test_data(self, dataset: Any, device: Any) -> Any:
+        """The data set the command evaluates on ``device`` (an external model's is already loaded)."""
+        return (self.data if self.data is not None else instantiate(dataset)).to(device)
 
     @classmethod
     def from_command(cls, cfg: DictConfig) -> SavedRun:
@@ -69,7 +73,7 @@ class SavedRun:
         config.model = {**node, "name": model_name(node)}
         data = instantiate(cfg.dataset)
         model = load_weights(build_model(node, data.input_shape, data.num_classes), Path(str(cfg.checkpoint)))
-        return cls(None, config, model.eval(), f"{Path(str(cfg.checkpoint)).resolve()} ({node['_target_']})")
+        return cls(None, config, model.eval(), f"{Path(str(cfg.checkpoint)).resolve()} ({node['_target_']})", data)
 
     @property
     def source(self) -> str:
@@ -96,7 +100,7 @@ def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     if certifier is not None:
         certifier.layers(saved.model)
     evaluation = EvalSettings.from_config(merged.eval)
-    data = instantiate(merged.dataset).to(device)
+    data = saved.test_data(merged.dataset, device)
     model = saved.model.to(device)
     meta = run_meta(merged)
 
@@ -125,7 +129,7 @@ def check(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     merged = OmegaConf.merge(saved.config, {"check": cfg.check, "device": cfg.device})
     validate_all(merged)
     device = resolve_device(merged.device)
-    data = instantiate(merged.dataset).to(device)
+    data = saved.test_data(merged.dataset, device)
     model = saved.model.to(device)
     attacks = build_attacks(merged.attack)
     if saved.path is None:
@@ -159,7 +163,7 @@ def certify(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     if certifier is None:
         raise ConfigError("certify=null: choose certify=crown or certify=ibp")
     certifier.layers(saved.model)
-    data = instantiate(merged.dataset).to(device)
+    data = saved.test_data(merged.dataset, device)
     result, frame = certify_split(certifier, saved.model.to(device), data.test, run_meta(merged))
     rundir.write_certification(out_dir, frame, result.summary(), result.seconds, saved.source, environment(device))
     shown = frame[["method", "epsilon", "n_samples", "clean_accuracy", "certified_accuracy"]]

@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 
 from isorobust import io
+from isorobust.plots.robustness import NORM_NAMES
 from isorobust.reports.aggregate import CONFIG_COLUMNS, SETTING, aggregate_clean, aggregate_robustness, configuration_labels
 
 
-NORM_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1"}
 PANELS_PER_ROW = 3
 
 
