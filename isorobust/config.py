@@ -59,7 +59,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 # ``objective`` and ``certify`` say how a run is tracked, ranked or bounded, not what it trains or attacks
 # (a certification is kept apart from the attack results, under its own method name).
 RESULT_NEUTRAL = ("resume", "threads", "device", "dataset.root", "dataset.download", "trainer.resume",
-                  "logger", "objective", "certify")
+                  "logger", "objective", "certify", "attack.autoattack.compile")
 
 
 def result_neutral(key: str) -> bool:
@@ -134,6 +134,9 @@ def problems_of(cfg: DictConfig, required: tuple[str, ...] = ()) -> list[str]:
             value = _get(attack, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 problems.append(f"attack.{name}.{key} must be an integer >= 1 (got {value!r})")
+        compile_ = _get(attack, "compile")
+        if compile_ is not None and compile_ not in (True, False, "auto"):
+            problems.append(f"attack.{name}.compile must be true, false or auto (got {compile_!r})")
         own = _get(attack, "epsilons")
         if own is not None:
             linf = _get(attack, "norm") in (None, "linf") and "L2" not in str(_get(attack, "_target_"))
