@@ -13,7 +13,9 @@ def test_costs_count_survivors_and_forward_rows_per_epsilon():
     x, y = brightest_row_data(200)
     model = fit_tiny_mlp(0, x, y)
     costs = []
-    correct, masks = robust_masks(model, LinfPGD(name="pgd", steps=5), x, y, [0.0, 0.05, 0.2], 64, 0, costs)
+    # keep_fooled=False: every sample runs every step (with it, fooled samples leave PGD early)
+    correct, masks = robust_masks(model, LinfPGD(name="pgd", steps=5, keep_fooled=False), x, y, [0.0, 0.05, 0.2], 64, 0,
+                                  costs)
     assert [c.epsilon for c in costs] == [0.0, 0.05, 0.2] and all(c.attack == "pgd" for c in costs)
     assert costs[0].samples == 0 and costs[0].sample_forwards == 0  # ε = 0 attacks nothing
     # survivors only: each ε attacks what the previous one left robust

@@ -1,24 +1,22 @@
 """Adversarial attacks and robust-accuracy sweeps over ε.
 
 An attack here is a small config object that knows its name, its norm and how to perturb a
-batch; the sweep logic is separate and works for any of them. Attacks that exist in foolbox run
-through foolbox; AutoAttack's components come from torchattacks (see ``autoattack.py``).
+batch; the sweep logic is separate and works for any of them. FGSM and the L2 PGD run through
+foolbox; the L∞ PGD (``pgd.py``), APGD, FAB-T and the L∞ Square are written here.
 """
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import eagerpy as ep
 import foolbox as fb
-from foolbox.attacks.gradient_descent_base import Optimizer
 import torch
 from torch import Tensor, nn
 
+from isorobust.attacks.pgd import pgd_linf
 from isorobust.metrics.clean import predict
 
 
@@ -74,64 +72,12 @@ class FGSM(FoolboxAttack):
         return "FGSM (L∞, one signed-gradient step of size ε)"
 
 
-class _ScheduledStep(Optimizer):
-    """foolbox's plain gradient step with a step size that changes over the iterations:
-    ``constant``, or ``cosine`` (from ``stepsize`` down to 0 at the last step: long steps to cross
-    the ball from a random start, short ones to settle into a maximum)."""
-
-    def __init__(self, x, stepsize: float, steps: int, schedule: str):
-        self.stepsize, self.steps, self.schedule, self.t = stepsize, steps, schedule, 0
-
-    def __call__(self, gradient):
-        factor = 1.0 if self.schedule == "constant" else 0.5 * (1 + math.cos(math.pi * self.t / self.steps))
-        self.t += 1
-        return self.stepsize * factor * gradient
-
-
-class _FoolboxLinfPGD(fb.attacks.LinfPGD):
-    """foolbox's LinfPGD through its extension points: a step schedule (``get_optimizer``), a loss
-    (``get_loss_fn``: cross-entropy or the logit margin) and a record of the first iterate that
-    misclassifies each sample (foolbox returns the last iterate, which may have left a success
-    behind: that would count a broken sample as robust)."""
-
-    def __init__(self, *, schedule: str, loss: str, **kwargs):
-        super().__init__(**kwargs)
-        self.schedule, self.loss = schedule, loss
-        self.fooled_at: Tensor | None = None  # per sample: an iterate that fooled it (else NaN)
-
-    def get_optimizer(self, x, stepsize: float):
-        return _ScheduledStep(x, stepsize, self.steps, self.schedule)
-
-    def get_loss_fn(self, model, labels):
-        y = labels.raw
-
-        def loss_fn(inputs):
-            logits = model(inputs).raw
-            if self.loss == "margin":  # highest other logit minus the true one (Carlini & Wagner)
-                true = logits.gather(1, y[:, None]).squeeze(1)
-                other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
-                value = (other - true).clamp_max(0.0).sum()
-            else:
-                value = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
-            self._record(inputs.raw, logits, y)
-            return ep.astensor(value)
-
-        return loss_fn
-
-    def _record(self, x: Tensor, logits: Tensor, y: Tensor) -> None:
-        fooled = (logits.detach().argmax(dim=1) != y)
-        if self.fooled_at is None:
-            self.fooled_at = torch.full_like(x, float("nan")).detach()
-        new = fooled & self.fooled_at.flatten(1)[:, 0].isnan()
-        if new.any():
-            self.fooled_at[new] = x.detach()[new]
-
-
 @dataclass
-class LinfPGD(FoolboxAttack):
-    """L∞ projected gradient descent (Madry et al.) through foolbox, random start; by default 40
-    steps of 2.5ε/40·2 under a cosine schedule on the cross-entropy (see ``configs/attack/pgd.yaml``
-    and ``benchmarks/PGD_VS_APGD.md`` for why), keeping any iterate that fooled the model."""
+class LinfPGD(Attack):
+    """L∞ projected gradient descent (Madry et al.), random start (``isorobust.attacks.pgd``: foolbox's
+    LinfPGD step for step, on the samples not yet fooled); by default 50 steps under a cosine schedule
+    from 0.25·ε on the cross-entropy (see ``configs/attack/pgd.yaml`` and ``benchmarks/PGD_VS_APGD.md``
+    for why), keeping any iterate that fooled the model."""
 
     name: str = "pgd"
     norm: str = "linf"
@@ -143,24 +89,10 @@ class LinfPGD(FoolboxAttack):
     loss: str = "ce"  # or margin
     keep_fooled: bool = True  # return an iterate that fooled the model, if any (not only the last)
 
-    def build(self) -> fb.attacks.base.Attack:
-        return _FoolboxLinfPGD(
-            steps=self.steps,
-            rel_stepsize=self.rel_stepsize,
-            abs_stepsize=self.abs_stepsize,
-            random_start=self.random_start,
-            schedule=self.schedule,
-            loss=self.loss,
-        )
-
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, epsilon: float) -> Tensor:
-        fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
-        attack = self.build()
-        _, adv, _ = attack(fmodel, x, y, epsilons=float(epsilon))
-        if self.keep_fooled and attack.fooled_at is not None:
-            earlier = ~attack.fooled_at.flatten(1)[:, 0].isnan()
-            adv = torch.where(earlier.view(-1, *[1] * (x.dim() - 1)), attack.fooled_at, adv)
-        return adv
+        stepsize = self.abs_stepsize if self.abs_stepsize is not None else self.rel_stepsize * epsilon
+        return pgd_linf(model, x, y, float(epsilon), self.steps, stepsize, self.schedule, self.loss,
+                        self.random_start, self.keep_fooled)
 
     def describe(self) -> str:
         step = f"{self.abs_stepsize}" if self.abs_stepsize is not None else f"{self.rel_stepsize:.4g}·ε"
