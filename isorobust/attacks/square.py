@@ -21,6 +21,10 @@ P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (400
               (10000, 512))
 
 
+# Fooled rows leave the working set together once they are this share of it (each removal copies every row).
+COMPACT_SHARE = 0.1
+
+
 def p_selection(p_init: float, query: int, n_queries: int) -> float:
     """The fraction of pixels the window covers at ``query`` (0-based) of ``n_queries``."""
     it = int(query / n_queries * 10000)
@@ -53,31 +57,42 @@ def square_linf(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, n_querie
     low, high = (x - epsilon).clamp(0.0, 1.0), (x + epsilon).clamp(0.0, 1.0)
     best = torch.minimum(torch.maximum(x + epsilon * _signs((n, c, 1, w), generator, x.device), low), high)
     best_margin = margins(model, best, y)
+    # The working set: the rows still queried, plus those fooled since it was last compacted (their windows
+    # are written and taken back, so they stay as they are); these leave together once they are
+    # COMPACT_SHARE of it. Each query then changes one window in place and copies no whole image.
+    idx = torch.arange(n, device=x.device)
+    w_x, w_low, w_high, w_y, w_best, w_margin = x, low, high, y, best.clone(), best_margin.clone()
     for query in range(n_queries - 1):
-        active = (best_margin > 0).nonzero().squeeze(1)
-        if active.numel() == 0:
+        alive = w_margin > 0
+        n_alive = int(alive.sum())
+        if n_alive == 0:
             break
+        if n_alive <= (1 - COMPACT_SHARE) * alive.numel():
+            best[idx] = w_best
+            idx, w_x, w_low, w_high, w_y = idx[alive], w_x[alive], w_low[alive], w_high[alive], w_y[alive]
+            w_best, w_margin, alive = w_best[alive], w_margin[alive], alive[alive]
+        active = alive.nonzero().squeeze(1)
         side = min(max(int(round(math.sqrt(p_selection(p_init, query, n_queries) * h * w))), 1), h - 1)
         top = int(torch.randint(0, h - side + 1, (1,), generator=generator))
         left = int(torch.randint(0, w - side + 1, (1,), generator=generator))
         rows, cols = slice(top, top + side), slice(left, left + side)
-        clean = x[active, :, rows, cols]  # the window only: copies of side² pixels, not of whole images
-        lo, hi = low[active, :, rows, cols], high[active, :, rows, cols]
-        candidate = best[active]  # a copy (advanced indexing): the current iterate, its window replaced below
-        current = candidate[:, :, rows, cols]
-        new_window = torch.minimum(torch.maximum(clean + epsilon * _signs(
-            (active.numel(), c, 1, 1), generator, x.device), lo), hi)
+        clean, lo, hi = w_x[:, :, rows, cols], w_low[:, :, rows, cols], w_high[:, :, rows, cols]  # views
+        current = w_best[:, :, rows, cols].clone()  # the windows as they are, to take back where no better
+        signs = torch.zeros(alive.numel(), c, 1, 1, device=x.device)
+        signs[active] = _signs((n_alive, c, 1, 1), generator, x.device)
+        new_window = torch.minimum(torch.maximum(clean + epsilon * signs, lo), hi)
         # A window equal to the current one costs a query and teaches nothing: draw again (the paper's code
         # does the same), at most a few times (at ε clipped to the bounds every sign may give the same pixels).
         for _ in range(10):
-            same = (new_window - current).abs().flatten(1).amax(dim=1) < 1e-7
+            same = ((new_window - current).abs().flatten(1).amax(dim=1) < 1e-7) & alive
             if not same.any():
                 break
             new_window[same] = torch.minimum(torch.maximum(clean[same] + epsilon * _signs(
                 (int(same.sum()), c, 1, 1), generator, x.device), lo[same]), hi[same])
-        candidate[:, :, rows, cols] = new_window
-        margin = margins(model, candidate, y[active])
-        better = margin < best_margin[active]
-        best_margin[active] = torch.where(better, margin, best_margin[active])
-        best[active[better]] = candidate[better]
+        w_best[:, :, rows, cols] = new_window
+        margin = margins(model, w_best, w_y)
+        better = (margin < w_margin) & alive
+        w_margin = torch.where(better, margin, w_margin)
+        w_best[:, :, rows, cols] = torch.where(better[:, None, None, None], new_window, current)
+    best[idx] = w_best
     return best
