@@ -31,6 +31,14 @@ def test_only_the_run_record_names_metrics_json_in_code():
     assert not offenders, offenders
 
 
+def test_the_library_does_not_import_torchattacks():
+    """torchattacks is the tests' oracle (the dev extra), not a run-time dependency: every attack is written here."""
+    offenders = [f"{path.relative_to(PACKAGE)}:{number}" for path in PACKAGE.rglob("*.py")
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if re.match(r"\s*(import|from)\s+torchattacks\b", line)]
+    assert not offenders, offenders
+
+
 def test_metrics_round_trip_and_old_records_read_as_version_1(tmp_path):
     metrics = rundir.Metrics(dataset="mnist", model="mlp", reg="isometric", reg_weight=0.1, reg_scale=10.0, seed=2,
                              clean_accuracy=0.97, extra={"train_jacobian_loss": 0.5}, seconds={"total": 3.0})

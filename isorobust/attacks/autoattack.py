@@ -4,7 +4,7 @@
 classes), then Square, each on the samples the earlier ones did not break (Croce & Hein 2020,
 'standard' version). Defaults follow the original: 100 iterations, 5000 Square queries. The sweep
 gives it only the samples still robust at the previous ε. All four components are written here
-(``apgd``, ``fab``, ``square``); torchattacks is left for the L2 Square only.
+(``apgd``, ``fab``, ``square``), as is the L2 Square.
 """
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from isorobust.errors import ConfigError
 from isorobust.attacks.apgd import apgd_ce_then_targeted
 from isorobust.attacks.base import Attack
 from isorobust.attacks.fab import fab_targeted
-from isorobust.attacks.square import square_linf
+from isorobust.attacks.square import square_l2, square_linf
 
-_NORMS = {"linf": "Linf", "l2": "L2"}
 # compile="auto" compiles FAB-T's elementwise arithmetic from this many rows (samples × targets) on: below it,
 # compiling (about 3-20 s once per process on a 2-core CPU) costs more than it saves.
 COMPILE_MIN_ROWS = 2000
@@ -113,11 +112,9 @@ class Square(Attack):
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, epsilon: float) -> Tensor:
         if self.norm == "linf":
             return square_linf(model, x, y, epsilon, self.n_queries, self.p_init, self.seed)
-        import torchattacks as ta  # the L2 version is still torchattacks'
-
-        attack = ta.Square(model, norm=_NORMS[self.norm], eps=epsilon, n_queries=self.n_queries,
-                           n_restarts=1, p_init=self.p_init, loss="margin", seed=self.seed)
-        return attack(x, y)
+        if self.norm == "l2":
+            return square_l2(model, x, y, epsilon, self.n_queries, self.p_init, self.seed)
+        raise ConfigError(f"attack.square.norm must be linf or l2 (got {self.norm!r})")
 
     def describe(self) -> str:
         return f"Square ({self.norm}, {self.n_queries} queries, gradient-free)"

@@ -1,5 +1,6 @@
-"""Square attack, L∞ (Andriushchenko et al. 2020, 'Square Attack: a query-efficient black-box adversarial
-attack via random search'), written here: batched, and each query spent only on the samples not yet fooled.
+"""Square attack, L∞ and L2 (Andriushchenko et al. 2020, 'Square Attack: a query-efficient black-box
+adversarial attack via random search'), written here: batched, and each query spent only on the samples not
+yet fooled. The L∞ version below; the L2 one (``square_l2``) at the end of the file.
 
 Random search on the margin loss (the true logit minus the best other one): start from vertical stripes of
 ±ε, then, query by query, set one square window of every still-robust image to a fresh random ±ε per
@@ -95,4 +96,94 @@ def square_linf(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, n_querie
         w_margin = torch.where(better, margin, w_margin)
         w_best[:, :, rows, cols] = torch.where(better[:, None, None, None], new_window, current)
     best[idx] = w_best
+    return best
+
+
+def bump(rows: int, cols: int) -> Tensor:
+    """The paper's 'pseudo-Gaussian' patch on a rows × cols rectangle: at Chebyshev distance d from its
+    centre, Σ_{k ≥ d} 1/(k + 1)² (concentric square rings, heavier towards the centre), unit L2 norm."""
+    ci, cj = rows // 2, cols // 2
+    i = torch.arange(rows).view(-1, 1)
+    j = torch.arange(cols).view(1, -1)
+    d = torch.maximum((i - ci).abs(), (j - cj).abs())
+    rings = max(ci, cj) + 1  # up to the farthest pixel's distance
+    weights = 1.0 / torch.arange(1, rings + 1, dtype=torch.float32) ** 2
+    tail = weights.flip(0).cumsum(0).flip(0)  # tail[d] = Σ_{d ≤ k < rings} 1/(k + 1)²
+    patch = tail[d]
+    return patch / patch.norm()
+
+
+def square_patch(side: int, generator: torch.Generator) -> Tensor:
+    """An update of the L2 attack for a side × side window: a bump on one half and minus a bump on the other
+    (so the patch sums to about zero), halves split across rows or, at random, across columns; unit norm."""
+    top = side // 2
+    patch = torch.cat([bump(top, side), -bump(side - top, side)]) if top else -bump(side, side)
+    patch = patch / patch.norm()
+    if int(torch.randint(0, 2, (1,), generator=generator)):
+        patch = patch.T.contiguous()
+    return patch
+
+
+@torch.no_grad()
+def square_l2(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, n_queries: int = 5000,
+              p_init: float = 0.8, seed: int = 0) -> Tensor:
+    """Square attack in L2 (Andriushchenko et al. 2020, section 3.2), written here: adversarial images for ``x``
+    (N, C, H, W) within L2 distance ``epsilon`` and in [0, 1] after at most ``n_queries`` forward passes per
+    image, each query only on the images not yet fooled.
+
+    The perturbation starts as a grid of bumps with random signs, scaled to norm ε. At each query two windows
+    of the same side are drawn: the perturbation's mass in both (per channel), plus whatever of the budget ε
+    is unused, goes to the first one (its old content plus a fresh signed patch, rescaled to that mass) and
+    the second is emptied; the whole perturbation is rescaled to norm ε and clipped to [0, 1]. The candidate
+    is kept where the margin went down."""
+    if x.dim() != 4:
+        raise ValueError(f"Square works on images (N, C, H, W), got a tensor of shape {tuple(x.shape)}")
+    generator = torch.Generator().manual_seed(seed)
+    n, c, h, w = x.shape
+    dev = x.device
+
+    def to_ball(delta: Tensor, x0: Tensor) -> Tensor:
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return (x0 + delta * (epsilon / norms)).clamp_(0.0, 1.0)
+
+    # start: a grid of bumps (side h // 5, centred), each with a random sign per image and channel
+    side = max(h // 5, 1)
+    delta = torch.zeros_like(x)
+    top0, left0 = (h - side * (h // side)) // 2, (w - side * (w // side)) // 2
+    for r in range(h // side):
+        for q in range(w // side):
+            rows = slice(top0 + r * side, top0 + (r + 1) * side)
+            cols = slice(left0 + q * side, left0 + (q + 1) * side)
+            delta[:, :, rows, cols] += square_patch(side, generator).to(dev) * _signs((n, c, 1, 1), generator, dev)
+    best = to_ball(delta, x)
+    best_margin = margins(model, best, y)
+    for query in range(n_queries - 1):
+        active = (best_margin > 0).nonzero().squeeze(1)
+        if active.numel() == 0:
+            break
+        x0, current = x[active], best[active]
+        delta = current - x0
+        side = max(int(round(math.sqrt(p_selection(p_init, query, n_queries) * h * w))), 3)
+        side = min(side + (side % 2 == 0), h - 1, w - 1)  # odd, as the paper's code; inside the image
+        t1, t2 = (int(v) for v in torch.randint(0, h - side, (2,), generator=generator))
+        l1, l2 = (int(v) for v in torch.randint(0, w - side, (2,), generator=generator))
+        win1 = (slice(None), slice(None), slice(t1, t1 + side), slice(l1, l1 + side))
+        win2 = (slice(None), slice(None), slice(t2, t2 + side), slice(l2, l2 + side))
+        # the mass to place in window 1, per channel: its own and window 2's (their union), plus the unused budget
+        union = torch.zeros(h, w, device=dev)
+        union[t1:t1 + side, l1:l1 + side] = 1.0
+        union[t2:t2 + side, l2:l2 + side] = 1.0
+        mass = (delta ** 2 * union).sum(dim=(2, 3), keepdim=True)
+        unused = (epsilon ** 2 - (delta ** 2).sum(dim=(1, 2, 3), keepdim=True)).clamp_min(0.0) / c
+        old = delta[win1]
+        old = old / (old ** 2).sum(dim=(2, 3), keepdim=True).sqrt().add(1e-10)
+        new = old + square_patch(side, generator).to(dev) * _signs((active.numel(), c, 1, 1), generator, dev)
+        new = new / (new ** 2).sum(dim=(2, 3), keepdim=True).sqrt().clamp_min(1e-12) * (unused + mass).sqrt()
+        delta[win2] = 0.0
+        delta[win1] = new
+        candidate = to_ball(delta, x0)
+        margin = margins(model, candidate, y[active])
+        better = margin < best_margin[active]
+        best_margin[active] = torch.where(better, margin, best_margin[active])
+        best[active[better]] = candidate[better]
     return best
