@@ -1,6 +1,8 @@
 """The command line as a user meets it: bad input gives one line and a non-zero exit, no results."""
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 import pytest
 
 from tests.conftest import run_cli
@@ -83,3 +85,15 @@ def test_hydra_features_work(tmp_path):
     assert not (tmp_path / "outputs").exists()  # printing the config runs nothing
 
 
+
+
+@pytest.mark.parametrize("command", ["train", "attack", "check", "certify"])
+def test_every_command_sweeps_below_outputs_multirun(tmp_path, command):
+    """-m writes to outputs/multirun/<date>/<time> for train, outputs/multirun/<command>/<date>/<time> for the
+    commands on saved runs: check as well (it used to write to ./multirun)."""
+    proc = run_cli(command, "--cfg", "hydra", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    hydra = OmegaConf.to_container(OmegaConf.create(proc.stdout).hydra)  # unresolved: ${now:...} is Hydra's
+    below = "outputs/multirun/${now:" if command == "train" else "outputs/multirun/${hydra.job.name}/"
+    assert hydra["sweep"]["dir"].startswith(below), hydra["sweep"]["dir"]
+    assert hydra["job"]["name"] == command
