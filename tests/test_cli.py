@@ -97,3 +97,11 @@ def test_every_command_sweeps_below_outputs_multirun(tmp_path, command):
     below = "outputs/multirun/${now:" if command == "train" else "outputs/multirun/${hydra.job.name}/"
     assert hydra["sweep"]["dir"].startswith(below), hydra["sweep"]["dir"]
     assert hydra["job"]["name"] == command
+
+
+@pytest.mark.parametrize("command", ["attack", "check", "certify"])
+def test_commands_on_saved_runs_take_threads(tmp_path, command):
+    """threads=N works for every command, as docs/getting-started.md says (attack and check rejected it)."""
+    proc = run_cli(command, "threads=1", "--cfg", "job", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert OmegaConf.create(proc.stdout).threads == 1

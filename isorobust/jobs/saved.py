@@ -94,6 +94,7 @@ def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     # Certification only when this command asks for it (certify=crown): it does not come from the run.
     merged.certify = cfg.get("certify")
     validate_all(merged)
+    apply_threads(cfg.get("threads"))
     device = resolve_device(merged.device)
     attacks = build_attacks(merged.attack)
     certifier = build_certifier(merged.certify)
@@ -128,6 +129,7 @@ def check(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     saved = SavedRun.from_command(cfg)
     merged = OmegaConf.merge(saved.config, {"check": cfg.check, "device": cfg.device})
     validate_all(merged)
+    apply_threads(cfg.get("threads"))
     device = resolve_device(merged.device)
     data = saved.test_data(merged.dataset, device)
     model = saved.model.to(device)
