@@ -123,3 +123,14 @@ def run_cli_without(modules: list[str], *args: str, cwd: Path, env: dict | None 
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The attack tests' target: a tanh MLP fitted to 400 brightest-row images, its parameters frozen (attacks
+    need input gradients only); with those images and labels."""
+    x, y = brightest_row_data(400)
+    model = fit_tiny_mlp(0, x, y).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, x, y

@@ -9,15 +9,6 @@ from isorobust.checks import noise
 from tests.conftest import brightest_row_data, fit_tiny_mlp
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    x, y = brightest_row_data(400)
-    model = fit_tiny_mlp(0, x, y)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, x, y
-
-
 def robust(model, adv, y):
     with torch.no_grad():
         return model(adv).argmax(1) == y

@@ -10,16 +10,6 @@ from isorobust.attacks import _compiled
 from isorobust.attacks.autoattack import AutoAttack
 from isorobust.attacks.fab import fab_step, fab_step_fused, fab_targeted, linf_step_to_hyperplane
 from isorobust.checks import noise
-from tests.conftest import brightest_row_data, fit_tiny_mlp
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    x, y = brightest_row_data(400)
-    model = fit_tiny_mlp(0, x, y).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, x, y
 
 
 def fooled(model, adv, y):

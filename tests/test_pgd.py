@@ -13,16 +13,6 @@ from foolbox.attacks.gradient_descent_base import Optimizer
 from isorobust.attacks import pgd
 from isorobust.attacks.base import LinfPGD, frozen
 from isorobust.attacks.pgd import pgd_linf, step_size
-from tests.conftest import brightest_row_data, fit_tiny_mlp
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    x, y = brightest_row_data(400)
-    model = fit_tiny_mlp(0, x, y).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, x, y
 
 
 class _Cosine(Optimizer):
