@@ -146,14 +146,14 @@ def fab_step_fused(x: Tensor, x0: Tensor, f: Tensor, grad: Tensor, alpha_max: fl
 
 
 def _difference_and_grad(model: nn.Module, x: Tensor, shape: tuple[int, ...], y: Tensor,
-                         target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """z_t − z_y at the flat rows ``x``, its gradient (flat) and the logits."""
+                         target: Tensor) -> tuple[Tensor, Tensor]:
+    """z_t − z_y at the flat rows ``x`` and its gradient (flat)."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x.view(-1, *shape))
         f = logits.gather(1, target[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
         (grad,) = torch.autograd.grad(f.sum(), x)
-    return f.detach(), grad, logits.detach()
+    return f.detach(), grad
 
 
 def step_back(x: Tensor, x0: Tensor, fooled: Tensor, beta: float = BETA) -> tuple[Tensor, Tensor]:
@@ -195,7 +195,7 @@ def fab_targeted(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, steps: 
     iterate = x0.clone()
     broken = torch.zeros(n, dtype=torch.bool, device=x.device)
     for _ in range(steps):
-        f, grad, _ = _difference_and_grad(model, iterate, shape, labels, target)
+        f, grad = _difference_and_grad(model, iterate, shape, labels, target)
         with torch.no_grad():
             iterate = _next_iterate(iterate, x0, f, grad, fused)
             fooled = model(iterate.view(-1, *shape)).argmax(dim=1) != labels
