@@ -154,13 +154,13 @@ def test_apgd_is_stronger_than_a_short_pgd(tiny):
 def test_broken_samples_leave_the_batch_late_without_changing_anything(monkeypatch):
     """Broken rows stay in the batch until they are COMPACT_SHARE of it: the same bits as removing them at
     once, and every broken sample's example is the iterate that first fooled the model."""
-    from isorobust.attacks import apgd
+    from isorobust.attacks import _working_set, apgd
 
     x, y = brightest_row_data(300)
     model = fit_tiny_mlp(0, x, y)
     results = []
-    for share in (0.0, apgd.COMPACT_SHARE, 0.9):
-        monkeypatch.setattr(apgd, "COMPACT_SHARE", share)
+    for share in (0.0, _working_set.COMPACT_SHARE, 0.9):
+        monkeypatch.setattr(_working_set, "COMPACT_SHARE", share)
         torch.manual_seed(5)
         results.append(apgd.apgd_run(model, x, y, 0.08, steps=30))
     (adv0, fooled0), *others = results

@@ -10,7 +10,7 @@ import pytest
 import torch
 from foolbox.attacks.gradient_descent_base import Optimizer
 
-from isorobust.attacks import pgd
+from isorobust.attacks import _working_set
 from isorobust.attacks.base import LinfPGD, frozen
 from isorobust.attacks.pgd import pgd_linf, step_size
 
@@ -52,7 +52,7 @@ def test_fooled_samples_leave_without_changing_the_others(tiny, monkeypatch):
     eps, steps = 0.08, 30
     runs = {}
     for share in (0.1, 2.0):  # 2.0: nobody ever leaves
-        monkeypatch.setattr(pgd, "COMPACT_SHARE", share)
+        monkeypatch.setattr(_working_set, "COMPACT_SHARE", share)
         rows = []
         handle = model.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
         torch.manual_seed(0)

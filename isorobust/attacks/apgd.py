@@ -10,7 +10,7 @@ runner-up classes of the clean logits in turn, on the samples the earlier target
 
 What differs from the ports is bookkeeping only: every quantity above is per sample, so a sample
 is taken out of the batch once it is misclassified (its adversarial example kept; the broken rows
-leave together, once they are COMPACT_SHARE of the batch), and the rest go on exactly as they would
+leave together, once they are COMPACT_SHARE of the batch: see ``_working_set``), and the rest go on exactly as they would
 have. That makes each iteration cost about the still-robust samples only. The step is computed in
 place with the same operations in the same order as the formula, so the same bits.
 ``tests/test_apgd.py`` checks the results against torchattacks.
@@ -26,12 +26,10 @@ from torch import Tensor, nn
 
 from isorobust.errors import ConfigError
 from isorobust.attacks.base import Attack
+from isorobust.attacks._working_set import compaction_due, keep_rows
 
 RHO = 0.75  # oscillation threshold: halve where the loss rose in at most 75 % of the steps
 MOMENTUM = 0.75
-# Broken samples leave the batch once they are this share of it: each removal copies every per-sample
-# state, so removing a few rows at every iteration costs more than computing them until then.
-COMPACT_SHARE = 0.1
 
 
 def dlr_targeted_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
@@ -97,15 +95,12 @@ def apgd_run(
             out_fooled[alive[first]] = True
             out_adv[alive[first]] = x_adv[first]
             done |= first
-        if not compact or int(done.sum()) < COMPACT_SHARE * done.numel():
+        if not compact or not compaction_due(done):
             return compact is False or not bool(done.all())
-        keep = ~done
-        done = done[keep]
-        alive, x, y, lower, upper = alive[keep], x[keep], y[keep], lower[keep], upper[keep]
-        target = None if target is None else target[keep]
-        x_adv, x_old, x_best, grad, grad_best = x_adv[keep], x_old[keep], x_best[keep], grad[keep], grad_best[keep]
-        loss_best, loss_prev, step, rises = loss_best[keep], loss_prev[keep], step[keep], rises[keep]
-        loss_best_at_check, halved_at_check = loss_best_at_check[keep], halved_at_check[keep]
+        (alive, x, y, target, lower, upper, x_adv, x_old, x_best, grad, grad_best, loss_best, loss_prev, step,
+         rises, loss_best_at_check, halved_at_check, done) = keep_rows(
+            ~done, alive, x, y, target, lower, upper, x_adv, x_old, x_best, grad, grad_best, loss_best, loss_prev,
+            step, rises, loss_best_at_check, halved_at_check, done)
         return alive.numel() > 0
 
     if not drop_fooled(logits):

@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Fooled samples leave the batch together once they are this share of it (each removal copies every row).
-COMPACT_SHARE = 0.1
+from isorobust.attacks._working_set import compaction_due, keep_rows
 
 
 def step_size(stepsize: float, t: int, steps: int, schedule: str) -> float:
@@ -67,9 +66,8 @@ def pgd_linf(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, steps: int,
                 out[alive[first]] = adv[first]
                 found[alive[first]] = True
                 done |= first
-                if int(done.sum()) >= COMPACT_SHARE * done.numel():
-                    keep = ~done
-                    alive, x0, y, adv, grad, done = alive[keep], x0[keep], y[keep], adv[keep], grad[keep], done[keep]
+                if compaction_due(done):
+                    alive, x0, y, adv, grad, done = keep_rows(~done, alive, x0, y, adv, grad, done)
                     if alive.numel() == 0:
                         return out
         adv.add_(grad.sign_(), alpha=step_size(stepsize, t, steps, schedule))

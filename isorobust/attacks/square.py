@@ -16,14 +16,12 @@ import math
 import torch
 from torch import Tensor, nn
 
+from isorobust.attacks._working_set import compaction_due, keep_rows
+
 # (fraction of the budget after which p is divided, the divisor): the schedule of the paper's code, on
 # query numbers rescaled to a budget of 10000
 P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256),
               (10000, 512))
-
-
-# Fooled rows leave the working set together once they are this share of it (each removal copies every row).
-COMPACT_SHARE = 0.1
 
 
 def p_selection(p_init: float, query: int, n_queries: int) -> float:
@@ -68,10 +66,10 @@ def square_linf(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, n_querie
         n_alive = int(alive.sum())
         if n_alive == 0:
             break
-        if n_alive <= (1 - COMPACT_SHARE) * alive.numel():
+        if compaction_due(~alive):
             best[idx] = w_best
-            idx, w_x, w_low, w_high, w_y = idx[alive], w_x[alive], w_low[alive], w_high[alive], w_y[alive]
-            w_best, w_margin, alive = w_best[alive], w_margin[alive], alive[alive]
+            idx, w_x, w_low, w_high, w_y, w_best, w_margin, alive = keep_rows(
+                alive, idx, w_x, w_low, w_high, w_y, w_best, w_margin, alive)
         active = alive.nonzero().squeeze(1)
         side = min(max(int(round(math.sqrt(p_selection(p_init, query, n_queries) * h * w))), 1), h - 1)
         top = int(torch.randint(0, h - side + 1, (1,), generator=generator))
