@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from isorobust.attacks._working_set import compaction_due, keep_rows
+from isorobust.metrics.clean import logit_margin
 
 
 def step_size(stepsize: float, t: int, steps: int, schedule: str) -> float:
@@ -31,9 +32,7 @@ def step_size(stepsize: float, t: int, steps: int, schedule: str) -> float:
 
 def _loss(logits: Tensor, y: Tensor, loss: str) -> Tensor:
     if loss == "margin":  # the highest other logit minus the true one (Carlini & Wagner), capped at 0
-        true = logits.gather(1, y[:, None]).squeeze(1)
-        other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
-        return (other - true).clamp_max(0.0).sum()
+        return logit_margin(logits, y).neg_().clamp_max(0.0).sum()
     return F.cross_entropy(logits, y, reduction="sum")
 
 

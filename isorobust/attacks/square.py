@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from isorobust.attacks._working_set import compaction_due, keep_rows
+from isorobust.metrics.clean import logit_margin
 
 # (fraction of the budget after which p is divided, the divisor): the schedule of the paper's code, on
 # query numbers rescaled to a budget of 10000
@@ -35,9 +36,7 @@ def p_selection(p_init: float, query: int, n_queries: int) -> float:
 
 def margins(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """The true class's logit minus the largest other one: ≤ 0 where ``x`` is misclassified."""
-    logits = model(x)
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    return true - logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return logit_margin(model(x), y)
 
 
 def _signs(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from isorobust.metrics.clean import logit_margin
+
 from .alpha_crown import AlphaCrown, AlphaOptions, backward_bound, project
 from .crown import _backsubstitute, _lines, crown
 from .network import split_front
@@ -78,10 +80,8 @@ def pgd_counterexample(model: nn.Module, starts: Tensor, y: int, lower: Tensor, 
         x.requires_grad_(True)
         with torch.enable_grad():
             logits = model(x)
-            true = logits[:, y]
-            other = logits.clone()
-            other[:, y] = float("-inf")
-            loss = (other.max(dim=1).values - true).sum()
+            labels = torch.full((logits.shape[0],), y, dtype=torch.long, device=logits.device)
+            loss = -logit_margin(logits, labels).sum()
             grad, = torch.autograd.grad(loss, x)
         with torch.no_grad():
             size = 0.5 * half * (1 - step / steps) + 1e-3 * half

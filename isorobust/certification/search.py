@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from isorobust.metrics.clean import logit_margin
+
 from .crown import crown_margin_bounds
 from .ibp import ibp_margin_bounds
 
@@ -41,8 +43,7 @@ def clean_predictions(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -
         logits = model(x[start : start + batch_size])
         part = y[start : start + batch_size]
         correct.append(logits.argmax(dim=1) == part)
-        true = logits.gather(1, part[:, None])[:, 0]
-        margins.append(true - logits.scatter(1, part[:, None], float("-inf")).max(dim=1).values)
+        margins.append(logit_margin(logits, part))
     if not correct:
         return y.new_zeros(0, dtype=torch.bool), x.new_zeros(0)
     return torch.cat(correct), torch.cat(margins)

@@ -15,6 +15,13 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
     return torch.cat([model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, x.shape[0], batch_size)])
 
 
+def logit_margin(logits: Tensor, labels: Tensor) -> Tensor:
+    """logit[y] − max_{j≠y} logit[j] per row: > 0 where the row is classified as its label, ≤ 0 where it is
+    not (the quantity attacks push below 0 and certificates bound from below)."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    return true - logits.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
+
+
 def accuracy(predictions: Tensor, labels: Tensor) -> float:
     return (predictions == labels).float().mean().item()
 
