@@ -40,6 +40,7 @@ TORUS_CSV = "isometry_torus.csv"
 TORUS_PNG = "isometry_torus.png"
 MODEL = "model.pt"
 CHECKPOINT = "checkpoint.pt"  # the trainer's resumable state
+ATTACK_PROGRESS = "attack_progress"  # each attack's state after every ε, until the run is complete (resume=true)
 LOG = "train.log"
 HYDRA = ".hydra"
 CERTIFY_DIR = "certify"  # `isorobust certify run=DIR` writes DIR/certify/ by default

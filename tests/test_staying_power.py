@@ -82,6 +82,34 @@ def test_sigterm_during_attacks_leaves_no_complete_looking_results(tmp_path):
 
 
 @requires_mnist
+def test_sigterm_during_attacks_then_resume_goes_on_after_the_last_radius(tmp_path):
+    """A run stopped inside its attack sweep takes its attacks up, with resume=true, after the last radius they
+    finished (attacks.progress), and ends with the results of a run that was never stopped."""
+    args = ["trainer.epochs=1", "eval.n_samples=500", "attack=apgd"]
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    proc = start_run(killed, *args)
+    wait_for(killed / "attack_progress" / "apgd.pt", proc)  # apgd has finished its first radius, 0.05
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert_nothing_complete(killed)
+
+    resumed = run_cli("train", *SMALL, *args, "resume=true", f"hydra.run.dir={killed}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "apgd: resumed after ε = 0.05" in (killed / "train.log").read_text()
+    assert not (killed / "attack_progress").exists()  # scratch, removed once the run is complete
+    straight = run_cli("train", *SMALL, *args, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    pd.testing.assert_frame_equal(pd.read_csv(killed / "robustness.csv"),
+                                  pd.read_csv(tmp_path / "straight" / "robustness.csv"))
+    a = json.loads((killed / "metrics.json").read_text())["attack_cost"]
+    b = json.loads((tmp_path / "straight" / "metrics.json").read_text())["attack_cost"]
+    assert [{k: v for k, v in c.items() if k != "seconds"} for c in a] == \
+        [{k: v for k, v in c.items() if k != "seconds"} for c in b]
+
+
+@requires_mnist
 def test_diverging_loss_stops_with_epoch_and_batch(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_cli("train", *SMALL, "reg.weight=1e40", f"hydra.run.dir={run_dir}", cwd=tmp_path)

@@ -10,7 +10,7 @@ runner-up classes of the clean logits in turn, on the samples the earlier target
 
 What differs from the ports is bookkeeping only: every quantity above is per sample, so a sample
 is taken out of the batch once it is misclassified (its adversarial example kept; the broken rows
-leave together, once they are COMPACT_SHARE of the batch: see ``_working_set``), and the rest go on exactly as they would
+leave together, once they are COMPACT_SHARE of the batch: ``_working_set``), and the rest go on exactly as they would
 have. That makes each iteration cost about the still-robust samples only. The step is computed in
 place with the same operations in the same order as the formula, so the same bits.
 ``tests/test_apgd.py`` checks the results against torchattacks.

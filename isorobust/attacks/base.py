@@ -7,6 +7,7 @@ foolbox; the L∞ PGD (``pgd.py``), APGD, FAB-T and the L∞ Square are written 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from isorobust.attacks.pgd import pgd_linf
+from isorobust.attacks.progress import AttackProgress, AttackState, generator_states, restore_generators
 from isorobust.metrics.clean import predict
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -182,9 +186,12 @@ def robust_masks(
     batch_size: int,
     seed: int,
     costs: list[AttackCost] | None = None,
+    progress: AttackProgress | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
     """Per-sample outcome of one attack: clean-correct mask and, for each ε (ascending), the mask
-    of samples that are correct and not fooled.
+    of samples that are correct and not fooled. With ``progress``, the state after each ε is saved there,
+    and a state saved earlier for the same job is taken up after its last ε (the same masks as a run that
+    was not interrupted; ``costs`` then holds the saved radii's records too).
 
     Points are attacked at ε only while they are still robust: an adversarial example found
     inside a smaller ball is also inside every larger one, so a success at a smaller ε is a
@@ -194,15 +201,25 @@ def robust_masks(
     """
     if list(epsilons) != sorted(epsilons):
         raise ValueError("epsilons must be ascending")
-    torch.manual_seed(seed)  # PGD's random start: the same seed gives the same table
+    epsilons = [float(e) for e in epsilons]
+    saved = progress.load(epsilons) if progress is not None else None
+    spent: list[AttackCost] = []  # this attack's, radius by radius
     counter = _ForwardCounter(model) if costs is not None else None
     try:
         with frozen(model):
-            correct = predict(model, x, batch_size) == y
-            robust = correct.clone()
-            masks = []
+            if saved is None:
+                torch.manual_seed(seed)  # PGD's random start: the same seed gives the same table
+                correct = predict(model, x, batch_size) == y
+                masks = []
+            else:
+                correct, masks = saved.correct.to(x.device), [m.to(x.device) for m in saved.masks]
+                restore_generators(saved.generators)
+                spent = [AttackCost(**c) for c in saved.costs]
+                log.info("%s: resumed after ε = %g (%d of %d radii done)", attack.name, saved.epsilons[-1],
+                         len(masks), len(epsilons))
+            robust = masks[-1].clone() if masks and attack.cumulative else correct.clone()
             all_idx = torch.arange(x.shape[0], device=x.device)
-            for eps in epsilons:
+            for eps in epsilons[len(masks):]:
                 t0, attacked = time.perf_counter(), 0
                 rows_before = counter.rows if counter is not None else 0
                 if not attack.cumulative:
@@ -223,12 +240,17 @@ def robust_masks(
                                 broken = model(adv).argmax(dim=1) != y[idx]
                             robust[idx[broken]] = False
                 masks.append(robust.clone())
-                if costs is not None:  # one sync per ε (the mask above already waited for the device)
-                    costs.append(AttackCost(attack.name, float(eps), time.perf_counter() - t0, attacked,
-                                            counter.rows - rows_before))
+                # one sync per ε (the mask above already waited for the device)
+                spent.append(AttackCost(attack.name, float(eps), time.perf_counter() - t0, attacked,
+                                        counter.rows - rows_before if counter is not None else 0))
+                if progress is not None:
+                    progress.save(AttackState(epsilons[: len(masks)], correct, masks, generator_states(),
+                                              [c.record() for c in spent]))
     finally:
         if counter is not None:
             counter.handle.remove()
+    if costs is not None:
+        costs.extend(spent)
     return correct, masks
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from isorobust.attacks.base import AttackCost, FoolboxAttack, robust_accuracy, robust_masks
+from isorobust.attacks.progress import ProgressFolder
 from isorobust.data import Split
 from isorobust.rundir import LEVEL, TABLE_COLUMNS, TREE_DISTANCE, WORST_CASE
 from isorobust.metrics.clean import predict
@@ -31,11 +32,13 @@ def robustness_table(
     progress: bool | None = None,
     broken: dict[float, torch.Tensor] | None = None,
     costs: list[dict[str, Any]] | None = None,
+    attack_state: ProgressFolder | None = None,
 ) -> pd.DataFrame:
     """One row per (attack, ε) with the columns of ``TABLE_COLUMNS`` (and ``meta`` filled in). ``broken``,
     when given, receives per L∞ radius the samples some attack broke there (misclassified included; an
     attack on the first N only marks those), for certification to skip (``certify=alpha_crown``).
-    ``costs``, when given, receives one ``AttackCost.record()`` per (attack, ε)."""
+    ``costs``, when given, receives one ``AttackCost.record()`` per (attack, ε). ``attack_state``, when
+    given, keeps each attack's state after every ε and resumes from it (``attacks.progress``)."""
     x, y = (test.x, test.y) if n_samples is None else (test.x[:n_samples], test.y[:n_samples])
     rows = []
     outcomes: dict[tuple, list[tuple]] = {}  # (norm, ε) -> per attack: (name, robust mask, clean accuracy)
@@ -51,7 +54,9 @@ def robustness_table(
         grid = sorted(float(e) for e in attack.epsilons) if attack.epsilons else list(epsilons)
         n = x.shape[0] if attack.n_samples is None else min(int(attack.n_samples), x.shape[0])
         spent: list[AttackCost] | None = [] if costs is not None else None
-        correct, masks = robust_masks(model, attack, x[:n], y[:n], grid, batch_size, seed, spent)
+        key = name + (f"@level{meta[LEVEL]}" if LEVEL in meta else "")
+        saved = None if attack_state is None else attack_state.attack(key)
+        correct, masks = robust_masks(model, attack, x[:n], y[:n], grid, batch_size, seed, spent, saved)
         if costs is not None:
             costs.extend({**c.record(), **({LEVEL: meta[LEVEL]} if LEVEL in meta else {})} for c in spent)
         clean = robust_accuracy(correct)
@@ -101,20 +106,22 @@ def robustness_by_level(
     meta: Mapping[str, Any],
     broken: dict | None = None,
     costs: list[dict[str, Any]] | None = None,
+    attack_state: ProgressFolder | None = None,
 ) -> pd.DataFrame:
     """``robustness_table`` for an ordinary model; for a hierarchical one, the table of every level's
     read-out stacked, with a ``level`` column, and ``error_tree_distance`` (clean errors of the
     finest level on the attacked samples) filled in on the finest level's rows. ``broken``: see
-    ``robustness_table`` (ordinary models only)."""
+    ``robustness_table`` (ordinary models only); ``attack_state``: see ``robustness_table``."""
     hierarchy = model_hierarchy(model)
     if hierarchy is None:
         return robustness_table(model, test, attacks, epsilons, n_samples, batch_size, seed, meta, broken=broken,
-                                costs=costs)
+                                costs=costs, attack_state=attack_state)
     frames = []
     for level in range(hierarchy.depth):
         split = Split(test.x, hierarchy.level_labels(test.y, level))
         frames.append(robustness_table(LevelReadout(model, level), split, attacks, epsilons, n_samples,
-                                       batch_size, seed, {**meta, LEVEL: level}, costs=costs))
+                                       batch_size, seed, {**meta, LEVEL: level}, costs=costs,
+                                       attack_state=attack_state))
     table = pd.concat(frames, ignore_index=True)
     x, y = (test.x, test.y) if n_samples is None else (test.x[:n_samples], test.y[:n_samples])
     distance = mean_error_tree_distance(hierarchy, predict(model, x, batch_size), y)

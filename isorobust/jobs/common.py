@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from isorobust import io, rundir
+from isorobust.attacks.progress import ProgressFolder
 from isorobust.attacks.sweep import robustness_by_level
 from isorobust.certification import CERTIFIED, Certifier, CertifyResult, bracket_note
 from isorobust.checks import CheckSettings, checks_frame, run_checks, summary_text
@@ -21,16 +22,19 @@ log = logging.getLogger(__name__)
 
 
 def attack_and_certify(model: Any, test: Any, attacks: Mapping[str, Any], evaluation: EvalSettings, seed: int,
-                       meta: Mapping[str, Any], certifier: Certifier | None
+                       meta: Mapping[str, Any], certifier: Certifier | None,
+                       attack_state: ProgressFolder | None = None,
                        ) -> tuple[pd.DataFrame, tuple[CertifyResult, pd.DataFrame] | None, float, list[dict]]:
     """The robustness table (per level for hierarchical models), the certification of the same model
     (skipping, for alpha_crown and bab, what the attacks broke), the attack seconds and what each attack
-    cost per ε (``attacks.base.AttackCost``)."""
+    cost per ε (``attacks.base.AttackCost``). ``attack_state``: where the attacks keep their progress
+    (``attacks.progress``); the attack seconds then count this attempt only, the costs every radius."""
     t0 = time.perf_counter()
     broken: dict[float, Any] = {}  # per radius, what the attacks broke (certification skips it)
     costs: list[dict] = []
     table = robustness_by_level(model, test, attacks, evaluation.epsilons, evaluation.n_samples,
-                                evaluation.batch_size, seed, meta, broken=broken, costs=costs)
+                                evaluation.batch_size, seed, meta, broken=broken, costs=costs,
+                                attack_state=attack_state)
     attack_s = time.perf_counter() - t0
     certified = certify_split(certifier, model, test, meta, broken) if certifier is not None else None
     return table, certified, attack_s, costs

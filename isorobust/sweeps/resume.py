@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from isorobust import rundir
-from isorobust.config import differing_keys, flatten
+from isorobust.config import differing_keys, flatten, result_neutral
 from isorobust.errors import IsorobustError
 
 log = logging.getLogger(__name__)
@@ -18,6 +18,12 @@ log = logging.getLogger(__name__)
 def job_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved configuration stored in metrics.json, to compare against on resume."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def result_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved configuration as dotted keys, without the result-neutral ones: what a run's results
+    depend on besides the code (attack progress is kept under its digest)."""
+    return {k: v for k, v in flatten(job_config(cfg)).items() if not result_neutral(k)}
 
 
 def hydra_overrides() -> list[str] | None:
