@@ -110,6 +110,32 @@ def test_sigterm_during_attacks_then_resume_goes_on_after_the_last_radius(tmp_pa
 
 
 @requires_mnist
+def test_sigterm_during_a_reattack_then_resume_goes_on_after_the_last_radius(tmp_path):
+    """`isorobust attack` on a saved run, stopped and run again with resume=true into the same folder: the
+    results of a re-attack that was never stopped."""
+    run = tmp_path / "run"
+    trained = run_cli("train", *SMALL, "trainer.epochs=1", "attack=fgsm", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    args = ["attack", f"run={run}", "attack=apgd", "eval.n_samples=500"]
+    out = tmp_path / "reattack"
+    proc = subprocess.Popen([sys.executable, "-m", "isorobust", *args, f"hydra.run.dir={out}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    wait_for(out / "attack_progress" / "apgd.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0 and not (out / "robustness.csv").exists()
+
+    resumed = run_cli(*args, "resume=true", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "apgd: resumed after ε = 0.05" in (out / "attack.log").read_text()
+    assert not (out / "attack_progress").exists()
+    straight = run_cli(*args, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "robustness.csv"),
+                                  pd.read_csv(tmp_path / "straight" / "robustness.csv"))
+
+
+@requires_mnist
 def test_diverging_loss_stops_with_epoch_and_batch(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_cli("train", *SMALL, "reg.weight=1e40", f"hydra.run.dir={run_dir}", cwd=tmp_path)

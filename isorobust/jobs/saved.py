@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from isorobust import rundir
+from isorobust.attacks.progress import ProgressFolder, fingerprint
 from isorobust.checks import CheckSettings
 from isorobust.config import resolve_device
 from isorobust.errors import ConfigError, IsorobustError
@@ -20,6 +21,7 @@ from isorobust.jobs.build import (
 from isorobust.jobs.common import attack_and_certify, certify_split, sanity_checks, write_tables
 from isorobust.models import load_model
 from isorobust.models.checkpoint import load_weights
+from isorobust.sweeps.resume import result_config
 from isorobust.sweeps.threads import apply_threads
 
 
@@ -105,9 +107,12 @@ def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     model = saved.model.to(device)
     meta = run_meta(merged)
 
+    attack_state = ProgressFolder(out_dir / rundir.ATTACK_PROGRESS, fingerprint(result_config(merged), model))
+    if not cfg.get("resume"):
+        attack_state.clear()
     t0 = time.perf_counter()
     table, certified, _, attack_cost = attack_and_certify(model, data.test, attacks, evaluation, int(merged.seed),
-                                                          meta, certifier)
+                                                          meta, certifier, attack_state)
     markdown = write_tables(out_dir, table, attacks, certified)
     rundir.write_attack_record(out_dir, {
         "run": saved.source,
@@ -118,6 +123,7 @@ def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
         **({"certify": certified[0].summary()} if certified else {}),
         "environment": environment(device),
     })
+    attack_state.clear()
     print(markdown, flush=True)
     return table
 
