@@ -17,7 +17,7 @@ BAB_JOBS=${BAB_JOBS:-"0 9"}      # beta = 0 and beta = 1, seed 0
 BAB_TIMEOUT=${BAB_TIMEOUT:-10}
 SKIP=${SKIP:-}                   # jobs left out (a cut, said in the records' README)
 for sweep in paper_mnist; do
-  rec=docs/results/mnist_runs/$sweep/full-strength
+  rec=docs/results/mnist_runs/$sweep/uncut
   for job in $(ls "$rec" | grep -E '^[0-9]+$' | sort -n); do
     case " $SKIP " in *" $job "*) continue ;; esac
     run=$WORK/$sweep/$job
