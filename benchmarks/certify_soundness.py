@@ -12,7 +12,6 @@ a certified image that an attack breaks would be an unsound bound.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from isorobust import io
+from isorobust.models import load_model
 from isorobust.attacks.apgd import APGD
 from isorobust.attacks.base import LinfPGD, robust_masks
 from isorobust.certification import Certifier
@@ -51,7 +51,7 @@ def main() -> None:
     for run, record in zip(args.runs, records):
         cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
         data = instantiate(cfg.dataset)
-        model = io.load_model(run / "model.pt").eval()
+        model = load_model(run / "model.pt").eval()
         x, y = data.test.x[: args.n], data.test.y[: args.n]
         t0 = time.perf_counter()
         if args.method == "crown":

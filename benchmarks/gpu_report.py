@@ -55,4 +55,7 @@ def main(work: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] in ("-h", "--help"):
+        print("usage: python benchmarks/gpu_report.py WORK_DIR OUT.md  (the folder gpu_check.sh wrote; the report)")
+        raise SystemExit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
     main(Path(sys.argv[1]), Path(sys.argv[2]))

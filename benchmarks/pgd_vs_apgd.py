@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from isorobust import io
+from isorobust.models import load_model
 from isorobust.attacks.apgd import APGD
 from isorobust.attacks.base import FGSM, LinfPGD, robust_masks
 from isorobust.config import resolve_device
@@ -51,7 +52,7 @@ def main() -> None:
         label = f"pgd {steps}×{float(rel):.4g}ε {schedule}" + (f" ×{restarts} restarts" if int(restarts) > 1 else "")
         pgds[label] = LinfPGD(steps=int(steps), rel_stepsize=float(rel), restarts=int(restarts), schedule=schedule)
     eps = sorted(args.epsilons)
-    lines = [f"# Default PGD vs APGD-CE + APGD-T", "",
+    lines = ["# Default PGD vs APGD-CE + APGD-T", "",
              f"Command: `python benchmarks/pgd_vs_apgd.py {' '.join(sys.argv[1:])}`", "",
              f"Machine: {platform.machine()}, torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads.",
              "Tolerance (issue 11): worst(fgsm, pgd) − worst(apgd) ≤ 0.5 + 2·sqrt(p(1−p)/n) points, p = APGD's accuracy.", ""]
@@ -59,7 +60,7 @@ def main() -> None:
     for run in args.runs:
         cfg = OmegaConf.load(Path(run) / ".hydra" / "config.yaml")
         data = instantiate(cfg.dataset).to(device)
-        model = io.load_model(Path(run) / "model.pt").to(device).eval()
+        model = load_model(Path(run) / "model.pt").to(device).eval()
         x, y = data.test.x, data.test.y
         if args.n:
             x, y = x[: args.n], y[: args.n]
