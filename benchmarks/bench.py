@@ -248,6 +248,29 @@ def mlp_bytes_per_iteration(model: torch.nn.Module, input_numel: int, batch: int
     return 4 * (5 * input_numel + 3 * activations + 2 * weights / batch)
 
 
+def model_matmul_seconds(model: torch.nn.Module, batch: int = 1000, repeats: int = 20) -> float:
+    """Seconds of the model's own matrix products for one attack iteration on ``batch`` samples, nothing
+    else: per linear layer the forward x·Wᵀ + b and the backward to its input g·W, at the layer's real
+    shapes (thin: 784×100, 100×100), best of ``repeats``. The rate these reach is the ceiling an attack on
+    this model meets before any attack work; the 1024³ rate is one no 100-wide layer reaches."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    operands = [(torch.rand(batch, m.in_features), torch.rand(batch, m.out_features), m.weight.detach(),
+                 m.bias.detach() if m.bias is not None else torch.zeros(m.out_features)) for m in linears]
+
+    def once() -> None:
+        for x, g, w, b in operands:
+            torch.addmm(b, x, w.t())
+            torch.mm(g, w)
+
+    once()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        once()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def mlp_macs_per_iteration(model: torch.nn.Module) -> int:
     """Forward + backward to the input of a stack of linear layers: 2 × the weights' size per sample
     (the attacks need no weight gradients)."""
@@ -270,6 +293,7 @@ def bench_attack_strength(data, n: int, n_autoattack: int) -> list[tuple[str, st
     traffic = bandwidth / moved
     limit = min(arithmetic, traffic)  # the roofline: whichever the step runs into first
     binding = "arithmetic" if arithmetic <= traffic else "memory traffic"
+    own = 1000 / model_matmul_seconds(model)  # sample·iterations/s of the model's matmuls alone, batch 1000
     x, y = data.test.x[:n], data.test.y[:n]
     rows = [("machine's fp32 matmul rate (1024³, torch threads)", f"{rate / 1e9:.1f} GMAC/s"),
             ("model cost per attack iteration (forward + backward to the input)",
@@ -277,7 +301,10 @@ def bench_attack_strength(data, n: int, n_autoattack: int) -> list[tuple[str, st
             ("machine's memory bandwidth (c = a + b on 256 MiB arrays)", f"{bandwidth / 1e9:.1f} GB/s"),
             ("bytes an attack iteration must move per sample (see mlp_bytes_per_iteration)",
              f"{moved / 1e3:.1f} kB → memory-traffic limit {traffic:,.0f} sample·iterations/s"),
-            ("roofline: the limit that binds", f"{binding}, {limit:,.0f} sample·iterations/s")]
+            ("roofline: the limit that binds", f"{binding}, {limit:,.0f} sample·iterations/s"),
+            ("the model's own matmuls alone (forward + backward to the input at its real thin shapes, 1000 "
+             "samples, no attack work)", f"{own:,.0f} sample·iterations/s = {macs * own / 1e9:.1f} GMAC/s, "
+             f"{own / limit:.0%} of the binding limit: the ceiling of any attack on this model")]
     pgd_cfg = OmegaConf.load(HERE.parent / "configs" / "attack" / "pgd.yaml")
     pgd = LinfPGD(**{k: v for k, v in pgd_cfg.items() if not k.startswith("_") and k not in ("epsilons", "n_samples")})
     previous = FoolboxLinfPGD(**{k: v for k, v in pgd_cfg.items() if not k.startswith("_")
@@ -293,7 +320,8 @@ def bench_attack_strength(data, n: int, n_autoattack: int) -> list[tuple[str, st
         _, masks = robust_masks(counted, attack, xs, ys, grid, batch_size=1000, seed=0)
         sec = time.perf_counter() - t0
         rows.append((name, f"{sec:.1f} s, {counted.rows / sec:,.0f} sample·iterations/s = "
-                           f"{counted.rows / sec / limit:.0%} of the binding limit ({binding}); robust accuracy "
+                           f"{counted.rows / sec / limit:.0%} of the binding limit ({binding}), "
+                           f"{counted.rows / sec / own:.0%} of the model's own matmul rate; robust accuracy "
                            + " ".join(f"{100 * m.float().mean().item():.1f}" for m in masks) + " %"))
     aa = AutoAttack()
     grid = [0.05, 0.1, 0.2, 0.3]
