@@ -6,7 +6,7 @@ and APGD (CE + targeted DLR) on the same test images, at the small radii the cer
 
 For each run: the certification recomputed (``--method`` on the first ``--n`` test images; CROWN with the
 default ``certify=crown`` grid) and compared with the run's record of that method (RECORD_DIR, default
-RUN_DIR: its certify_<method>/ folder, else its leading certification), then each attack at ``--radii``;
+RUN_DIR: the certification of that method among ``rundir.certifications``), then each attack at ``--radii``;
 a certified image that an attack breaks would be an unsound bound.
 """
 from __future__ import annotations
@@ -19,12 +19,11 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from isorobust import io
+from isorobust import io, rundir
 from isorobust.models import load_model
 from isorobust.attacks.apgd import APGD
 from isorobust.attacks.base import LinfPGD, robust_masks
 from isorobust.certification import Certifier
-from isorobust.reports.aggregate import certify_summary
 
 RADII = [0.003, 0.01, 0.03]
 
@@ -60,8 +59,7 @@ def main() -> None:
             certifier = Certifier(method="alpha_crown", epsilons=args.radii, radius_tolerance=None,
                                   alpha={"iterations": 30, "lr": 0.1, "intermediate": True})
         result = certifier.run(model, x, y)
-        method_dir = record / f"certify_{args.method}"
-        recorded = certify_summary(method_dir if method_dir.is_dir() else record)
+        recorded = next((c.summary for c in rundir.certifications(record) if c.method == args.method), None)
         if recorded is None:
             verdict = "no record"
         elif [round(a, 6) for a in recorded["certified_accuracy"]] == [round(a, 6) for a in result.certified_accuracy()]:
