@@ -89,10 +89,12 @@ class AttackProgress:
             log.info("attack progress of %s belongs to another configuration or model: not used", self.key)
             return None
         done = [float(e) for e in saved["epsilons"]]
+        if not done:
+            return None
         if done != [float(e) for e in epsilons[: len(done)]]:
             log.info("attack progress of %s was made on another ε grid: not used", self.key)
             return None
-        return AttackState(done, saved["correct"], list(saved["masks"].unbind(0)) if done else [],
+        return AttackState(done, saved["correct"], list(saved["masks"].unbind(0)),
                            saved["generators"], json.loads(saved["costs"]))
 
     def save(self, state: AttackState) -> None:
