@@ -427,19 +427,54 @@ def write_attack_record(out: Path, record: Mapping[str, Any]) -> Path:
 _LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[,.](\d{3})\]")
 
 
-def log_span(run: Path) -> tuple[float, float] | None:
-    """(first, last) timestamp of a run's Hydra job log (``<job name>.log``, e.g. train.log), in
-    seconds; None where there is no log with timestamps."""
+# Hydra appends each start of a job in the same directory to its log (a resumed sweep, a stopped run run
+# again): every attempt of `isorobust train` logs its data set first, so the log splits into attempts there.
+# A job that resume=true skipped did no work: its line is not an attempt.
+_ATTEMPT_START = re.compile(r"\]\[isorobust\.jobs\.train\]\[INFO\] - data ")
+_SKIPPED = re.compile(r"already holds complete results, job skipped")
+# Shorter pauses between jobs' log lines are a sweep at work (a job starting, a silent phase); longer ones
+# are a sweep that was not running (stopped, then resumed).
+SWEEP_PAUSE_S = 300.0
+
+
+def log_attempts(run: Path) -> list[tuple[float, float]]:
+    """(first, last) timestamp, in seconds, of each attempt in a run's Hydra job log (``<job name>.log``,
+    e.g. train.log), oldest first; [] where there is no log with timestamps. A stopped attempt ends at its
+    last log line, which may be well before it was stopped (an attack sweep logs once per attack)."""
     run = Path(run)
     own = run / f"{_job_name(run) or 'train'}.log"  # not a later command's log left beside it (masking_checks.log)
     for log in ([own] if own.is_file() else sorted(run.glob("*.log"))):
-        stamps = []
+        attempts: list[list[float]] = []
         for line in log.read_text(errors="replace").splitlines():
-            if (m := _LOG_TIME.match(line)) is not None:
-                stamps.append(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp() + int(m.group(2)) / 1000)
-        if stamps:
-            return min(stamps), max(stamps)
-    return None
+            if (m := _LOG_TIME.match(line)) is None or _SKIPPED.search(line):
+                continue
+            stamp = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp() + int(m.group(2)) / 1000
+            if not attempts or _ATTEMPT_START.search(line):
+                attempts.append([stamp, stamp])
+            attempts[-1][1] = max(attempts[-1][1], stamp)
+        if attempts:
+            return [(a, b) for a, b in attempts]
+    return []
+
+
+def log_span(run: Path) -> tuple[float, float] | None:
+    """(first, last) timestamp of a run's Hydra job log over all its attempts, in seconds; None where there
+    is no log with timestamps."""
+    attempts = log_attempts(run)
+    return (attempts[0][0], max(b for _, b in attempts)) if attempts else None
+
+
+def working_seconds(intervals: list[tuple[float, float]], pause: float = SWEEP_PAUSE_S) -> float:
+    """From the first interval's start to the last one's end, less every stretch longer than ``pause`` in
+    which none of them was running (a sweep stopped and later resumed); shorter stretches count as work."""
+    total, start, end = 0.0, None, float("-inf")
+    for a, b in sorted(intervals):
+        if start is None or a - end > pause:
+            if start is not None:
+                total += end - start
+            start = a
+        end = max(end, b)
+    return total + (end - start if start is not None else 0.0)
 
 
 def results_line(folder: Path, files: list[Path] | None = None) -> str:

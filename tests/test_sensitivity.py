@@ -88,8 +88,8 @@ def test_each_question_is_compared_with_beta_zero_at_matched_settings(sweeps):
     assert "isorobust train -m experiment=sensitivity_scale" in text
     # what was attacked, from the rows: the trimmed AutoAttack says so
     assert "Attacks: apgd on 100 test images at ε ∈ {0.1}; autoattack on 50 test images at ε ∈ {0.1}." in text
-    # all sweeps: from the first job's start (09:00:00) to the last job's end (job 5: 09:08:30.5)
-    assert "last job's end: 8.5 min" in text
+    # all sweeps: while some job ran, from the first job's start (09:00:00) to the last job's end (job 5: 09:08:30.5)
+    assert "less any stretch in which none ran: 8.5 min" in text
 
 
 def test_a_reference_trained_differently_is_refused(tmp_path):
@@ -115,3 +115,48 @@ def test_log_span_reads_the_job_log(tmp_path):
 def test_cli_sensitivity_needs_out(tmp_path, sweeps):
     reference, scale, _, _ = sweeps
     assert_one_line_error(run_cli("report", "--sensitivity", str(reference), str(scale), cwd=tmp_path), "--sensitivity needs --out")
+
+
+def test_a_resumed_run_log_splits_into_attempts(tmp_path):
+    """Hydra appends every start of a job to its log: a run stopped and resumed has several attempts, and the
+    time between them (the sweep was not running) counts neither in the run's span of work nor the sweep's."""
+    from isorobust.rundir import log_attempts, working_seconds
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "train.log").write_text(
+        "[2026-12-07 09:00:00,000][isorobust.jobs.train][INFO] - data mnist: 60000 train / 10000 test on cpu\n"
+        "[2026-12-07 09:10:00,000][isorobust.attacks.sweep][INFO] - pgd: clean 0.97\n"
+        # stopped here; resumed the next day
+        "[2026-12-08 08:00:00,000][isorobust.jobs.train][INFO] - data mnist: 60000 train / 10000 test on cpu\n"
+        "[2026-12-08 08:00:01,000][isorobust.attacks.base][INFO] - apgd: resumed after ε = 0.05\n"
+        "[2026-12-08 08:30:00,000][isorobust.attacks.sweep][INFO] - apgd: clean 0.97\n"
+        # the same sweep run once more with resume=true: this run is skipped, which is no work
+        "[2026-12-09 07:00:00,000][isorobust.sweeps.resume][INFO] - resume=true: r already holds complete "
+        "results, job skipped\n")
+    attempts = log_attempts(run)
+    assert [round(b - a) for a, b in attempts] == [600, 1800]
+    assert working_seconds(attempts) == pytest.approx(2400)  # not the day between
+    # side by side counts once; pauses up to `pause` are a sweep at work, longer ones are not
+    assert working_seconds([(0, 10), (5, 20), (30, 40), (35, 36)]) == 40
+    assert working_seconds([(0, 10), (5, 20), (30, 40), (35, 36)], pause=5) == 30
+
+
+def test_sweep_wall_time_leaves_out_the_gap_of_a_resumed_sweep(tmp_path):
+    from isorobust.rundir import find_runs
+    from isorobust.reports.study import sweep_facts, wall_time
+
+    sweep = make_sweep(tmp_path / "s", [(0.0, 10.0, [], [0.5, 0.5, 0.5])], "paper_mnist")
+    with (sweep / "0" / "train.log").open("a") as log:  # job 0: 09:00:00-09:03:30.5, then resumed a day later
+        log.write("[2026-11-29 09:00:00,000][isorobust.jobs.train][INFO] - data mnist: 60000 train / 10000 test\n"
+                  "[2026-11-29 09:02:00,000][isorobust][INFO] - end\n")
+    facts = sweep_facts(find_runs(sweep))
+    # jobs 0-2 ran 09:00-09:05:30.5 on the first day, job 0 again 2 min the next day: 7.5 min, not a day
+    assert facts["wall_minutes"] == pytest.approx(7.5 + 0.5 / 60)
+    assert facts["resumed_runs"] == 1
+    assert facts["job_minutes"] == pytest.approx(3 * 1.0 + 3.5 + 0.5 / 60)  # 3 × 60 s recorded + the first attempt
+    assert "1 runs were stopped and resumed" in wall_time(facts)
+    # the finished attempt lasts as long as it recorded (60 s), past its last log line
+    (sweep / "0" / "train.log").write_text(
+        "[2026-11-28 09:00:00,000][isorobust.jobs.train][INFO] - data mnist: 60000 train / 10000 test\n")
+    assert sweep_facts(find_runs(sweep))["wall_minutes"] == pytest.approx(5.5 + 0.5 / 60)

@@ -44,19 +44,34 @@ def sweep_command(sweep_dir: Path) -> str:
     return "isorobust train -m " + " ".join(shlex.quote(str(o)) for o in [*(overrides.get("task") or []), *hydra])
 
 
+def run_intervals(run: Path, metrics: rundir.Metrics) -> list[tuple[float, float]]:
+    """When a complete run's attempts ran, from its own log: the earlier, stopped ones from their first to
+    their last log line, the one that finished from its first line for as long as it recorded
+    (``seconds.total``: its silent end, the sanity checks, is in it)."""
+    attempts = rundir.log_attempts(run)
+    if not attempts:
+        return []
+    start, end = attempts[-1]
+    return [*attempts[:-1], (start, max(end, start + metrics.total_seconds))]
+
+
 def sweep_facts(runs: list[RunDir]) -> dict[str, object]:
-    """Machine, torch, number of runs and wall time (first job's start to the last job's end, from the
-    jobs' own timed logs; None where a run kept none: file times would give the time of a copy)."""
+    """Machine, torch, number of runs and wall time: from the first job's start to the last job's end, from
+    the jobs' own timed logs, less the stretches in which no job ran (a sweep stopped and resumed later;
+    ``rundir.working_seconds``); None where a run kept no log: file times would give the time of a copy.
+    Job time: each run's recorded total, plus its earlier, stopped attempts as far as their logs go."""
     complete = [r.path for r in runs if r.complete]
     metrics = [rundir.read_metrics(p) for p in complete]
-    spans = [span for p in complete if (span := rundir.log_span(p)) is not None]
+    timed = [iv for p, m in zip(complete, metrics) if (iv := run_intervals(p, m))]
     env = metrics[0].environment if metrics else {}
     return {
         "runs": len(complete),
-        "wall_minutes": (max(e for _, e in spans) - min(s for s, _ in spans)) / 60
-        if spans and len(spans) == len(complete) else None,
-        "timed_runs": len(spans),
-        "job_minutes": sum(m.total_seconds for m in metrics) / 60,
+        "wall_minutes": rundir.working_seconds([i for a in timed for i in a]) / 60
+        if timed and len(timed) == len(complete) else None,
+        "timed_runs": len(timed),
+        "resumed_runs": sum(len(a) > 1 for a in timed),
+        "job_minutes": (sum(m.total_seconds for m in metrics)
+                        + sum(b - s for a in timed for s, b in a[:-1])) / 60,
         "machine": env.get("machine", "?"),
         "torch": env.get("torch", "?"),
         "device": env.get("device", "?"),
@@ -87,7 +102,10 @@ def wall_time(facts: dict[str, object]) -> str:
     """"wall time 14.6 min", or why it is not known."""
     if facts["wall_minutes"] is None:
         return f"wall time unknown: {facts['runs'] - facts['timed_runs']} of {facts['runs']} runs kept no timed log"
-    return f"wall time {facts['wall_minutes']:.1f} min"
+    resumed = facts.get("resumed_runs") or 0
+    return f"wall time {facts['wall_minutes']:.1f} min" + (
+        f" ({resumed} runs were stopped and resumed: the time in which no job ran is not counted, nor a stopped "
+        "attempt's after its last log line)" if resumed else "")
 
 
 def _of(frame: pd.DataFrame, config: tuple) -> pd.DataFrame:
