@@ -457,13 +457,6 @@ def log_attempts(run: Path) -> list[tuple[float, float]]:
     return []
 
 
-def log_span(run: Path) -> tuple[float, float] | None:
-    """(first, last) timestamp of a run's Hydra job log over all its attempts, in seconds; None where there
-    is no log with timestamps."""
-    attempts = log_attempts(run)
-    return (attempts[0][0], max(b for _, b in attempts)) if attempts else None
-
-
 def working_seconds(intervals: list[tuple[float, float]], pause: float = SWEEP_PAUSE_S) -> float:
     """From the first interval's start to the last one's end, less every stretch longer than ``pause`` in
     which none of them was running (a sweep stopped and later resumed); shorter stretches count as work."""

@@ -133,5 +133,5 @@ def test_wall_time_comes_from_the_jobs_own_log(tmp_path):
     run.mkdir()
     (run / "train.log").write_text("[2026-01-01 10:00:00,000][x][INFO] - a\n[2026-01-01 10:30:00,500][x][INFO] - b\n")
     (run / "masking_checks.log").write_text("[2026-01-02 09:00:00,000][x][INFO] - later\n")
-    start, end = rundir.log_span(run)
+    [(start, end)] = rundir.log_attempts(run)
     assert end - start == pytest.approx(1800.5)

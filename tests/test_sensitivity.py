@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from isorobust.errors import IsorobustError
 from isorobust.rundir import TABLE_COLUMNS
 from isorobust.reports.sensitivity import write_sensitivity
-from isorobust.rundir import log_span
+from isorobust.rundir import log_attempts
 from tests.conftest import run_cli
 from tests.test_cli import assert_one_line_error
 
@@ -105,11 +105,11 @@ def test_the_first_sweep_must_hold_the_reference(tmp_path):
         write_sensitivity([scale, scale], tmp_path / "s.md")
 
 
-def test_log_span_reads_the_job_log(tmp_path):
+def test_log_attempts_reads_the_job_log(tmp_path):
     make_run(tmp_path / "r", 0.0, 10.0, 0, 0.5, [], start_minute=7)
-    start, end = log_span(tmp_path / "r")
+    [(start, end)] = log_attempts(tmp_path / "r")
     assert end - start == pytest.approx(210.5)
-    assert log_span(tmp_path) is None
+    assert log_attempts(tmp_path) == []
 
 
 def test_cli_sensitivity_needs_out(tmp_path, sweeps):
@@ -120,7 +120,7 @@ def test_cli_sensitivity_needs_out(tmp_path, sweeps):
 def test_a_resumed_run_log_splits_into_attempts(tmp_path):
     """Hydra appends every start of a job to its log: a run stopped and resumed has several attempts, and the
     time between them (the sweep was not running) counts neither in the run's span of work nor the sweep's."""
-    from isorobust.rundir import log_attempts, working_seconds
+    from isorobust.rundir import working_seconds
 
     run = tmp_path / "r"
     run.mkdir()
