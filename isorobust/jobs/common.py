@@ -10,15 +10,25 @@ from typing import Any
 import pandas as pd
 
 from isorobust import io, rundir
-from isorobust.attacks.progress import ProgressFolder
+from isorobust.attacks.progress import ProgressFolder, fingerprint
 from isorobust.attacks.sweep import robustness_by_level
 from isorobust.certification import CERTIFIED, Certifier, CertifyResult, bracket_note
 from isorobust.checks import CheckSettings, checks_frame, run_checks, summary_text
 from isorobust.jobs.build import EvalSettings
 from isorobust.reports.aggregate import certified_rows
 from isorobust.reports.run import markdown_by_level
+from isorobust.sweeps.resume import result_config
 
 log = logging.getLogger(__name__)
+
+
+def attack_state(out_dir: Path, cfg: Any, model: Any, resume: bool) -> ProgressFolder:
+    """Where a job's attacks keep their state after every ε (``attacks.progress``), under a digest of the
+    result-relevant config and the weights; a job that does not resume starts from a clean folder."""
+    state = ProgressFolder(Path(out_dir) / rundir.ATTACK_PROGRESS, fingerprint(result_config(cfg), model))
+    if not resume:
+        state.clear()
+    return state
 
 
 def attack_and_certify(model: Any, test: Any, attacks: Mapping[str, Any], evaluation: EvalSettings, seed: int,

@@ -11,17 +11,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from isorobust import rundir
-from isorobust.attacks.progress import ProgressFolder, fingerprint
 from isorobust.checks import CheckSettings
 from isorobust.config import resolve_device
 from isorobust.errors import ConfigError, IsorobustError
 from isorobust.jobs.build import (
     EvalSettings, build_attacks, build_certifier, build_model, environment, model_name, run_meta, validate_all,
 )
-from isorobust.jobs.common import attack_and_certify, certify_split, sanity_checks, write_tables
+from isorobust.jobs.common import attack_and_certify, attack_state, certify_split, sanity_checks, write_tables
 from isorobust.models import load_model
 from isorobust.models.checkpoint import load_weights
-from isorobust.sweeps.resume import result_config
 from isorobust.sweeps.threads import apply_threads
 
 
@@ -107,12 +105,10 @@ def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     model = saved.model.to(device)
     meta = run_meta(merged)
 
-    attack_state = ProgressFolder(out_dir / rundir.ATTACK_PROGRESS, fingerprint(result_config(merged), model))
-    if not cfg.get("resume"):
-        attack_state.clear()
+    state = attack_state(out_dir, merged, model, resume=bool(cfg.get("resume")))
     t0 = time.perf_counter()
     table, certified, _, attack_cost = attack_and_certify(model, data.test, attacks, evaluation, int(merged.seed),
-                                                          meta, certifier, attack_state)
+                                                          meta, certifier, state)
     markdown = write_tables(out_dir, table, attacks, certified)
     rundir.write_attack_record(out_dir, {
         "run": saved.source,
@@ -123,7 +119,7 @@ def attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
         **({"certify": certified[0].summary()} if certified else {}),
         "environment": environment(device),
     })
-    attack_state.clear()
+    state.clear()
     print(markdown, flush=True)
     return table
 

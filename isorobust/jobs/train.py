@@ -11,7 +11,6 @@ from omegaconf import DictConfig
 
 
 from isorobust import io, rundir
-from isorobust.attacks.progress import ProgressFolder, fingerprint
 from isorobust.checks import CheckSettings
 from isorobust.config import resolve_device
 from isorobust.errors import ConfigError
@@ -19,14 +18,14 @@ from isorobust.jobs.build import (
     EvalSettings, build_attacks, build_certifier, build_model, build_regularizers, environment, run_meta,
     validate_all,
 )
-from isorobust.jobs.common import attack_and_certify, sanity_checks, write_tables
+from isorobust.jobs.common import attack_and_certify, attack_state, sanity_checks, write_tables
 from isorobust.losses import resolve_layers
 from isorobust.models import model_checkpoint
 from isorobust.metrics.clean import clean_metrics
 from isorobust.metrics.hierarchy import hierarchy_metrics
 from isorobust.metrics.isometry import run_isometry
 from isorobust.metrics.regions import isometry_map_table, near_far
-from isorobust.sweeps.resume import completed_metrics, hydra_overrides, job_config, result_config
+from isorobust.sweeps.resume import completed_metrics, hydra_overrides, job_config
 from isorobust.sweeps.threads import apply_threads
 from isorobust.tracking import log_finished_run, open_tracker
 from isorobust.training.standard import isometric_monitor
@@ -85,11 +84,9 @@ def train(cfg: DictConfig, run_dir: Path) -> rundir.Metrics:
     eval_s = time.perf_counter() - t0
 
     # Each attack's state after every ε: an interrupted attempt's attacks go on from there with resume=true.
-    attack_state = ProgressFolder(run_dir / rundir.ATTACK_PROGRESS, fingerprint(result_config(cfg), model))
-    if not (cfg.get("resume") or cfg.trainer.get("resume")):
-        attack_state.clear()
+    state = attack_state(run_dir, cfg, model, resume=bool(cfg.get("resume") or cfg.trainer.get("resume")))
     table, certified, attack_s, attack_cost = attack_and_certify(model, data.test, attacks, evaluation, seed, meta,
-                                                                 certifier, attack_state)
+                                                                 certifier, state)
     markdown = write_tables(run_dir, table, attacks, certified)
     t0 = time.perf_counter()
     checks = sanity_checks(model, data, table, attacks, check_settings, evaluation.batch_size, seed, run_dir)
@@ -126,7 +123,7 @@ def train(cfg: DictConfig, run_dir: Path) -> rundir.Metrics:
         overrides=hydra_overrides(),
     )
     rundir.write_metrics(run_dir, metrics)  # written last: a run directory with metrics.json is complete
-    attack_state.clear()
+    state.clear()
     print(markdown + "\n" + checks["summary"], flush=True)
     log_finished_run(tracker, run_dir)  # from the files just written; a failure only warns
     return metrics
