@@ -325,6 +325,9 @@ def write_table(out: Path, name: str, frame: pd.DataFrame) -> Path:
 
 # --- certifications ------------------------------------------------------------------------------------
 CERTIFIED_REQUIRED = ("method", "epsilon", "n_samples", "certified_accuracy")
+# certified.csv, where attacks ran on the certified images first: the share of them no attack broke at that ε
+# (an upper bound on the same images; NaN at radii the attacks did not cover)
+ATTACK_UPPER_BOUND = "attack_upper_bound"
 
 
 @dataclass(frozen=True)

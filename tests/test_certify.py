@@ -275,6 +275,60 @@ def test_zero_radius_certifies_exactly_the_correct_samples_and_accuracy_falls_wi
     assert 0 < result.evaluations <= x.shape[0] * math.ceil(math.log2(len(grid) + 1))
 
 
+def test_the_attacks_give_the_upper_bound_on_the_same_images_where_they_ran_at_that_radius():
+    """certified.csv's attack_upper_bound: the share correct and not broken at a radius ≤ ε, only where an
+    attack covering every certified image ran at exactly ε (NaN elsewhere)."""
+    model, x, y = trained_tiny()
+    grid = [0.01, 0.03, 0.1]
+    plain = Certifier(method="crown", epsilons=grid, batch_size=64, radius_tolerance=None).run(model, x, y)
+    n = x.shape[0]
+    broken_01 = torch.zeros(n, dtype=torch.bool)
+    broken_01[~plain.certified[-1]] = True  # the attack broke what no bound proves at 0.1 ...
+    broken_01[:3] = False  # ... but not everything
+    broken_01 &= ~plain.certified[-1]
+    broken_03 = broken_01.clone()
+    broken_03[-n // 2:] = False  # at 0.03 it broke less (and the 0.01 entry covers only half the images)
+    broken_03 &= ~plain.certified[1]
+    broken = {0.1: broken_01, 0.03: broken_03, 0.01: torch.zeros(n // 2, dtype=torch.bool)}
+    result = Certifier(method="crown", epsilons=grid, batch_size=64, radius_tolerance=None).run(model, x, y, broken)
+    assert torch.equal(result.certified, plain.certified) and result.contradicted == [0, 0, 0]
+    upper = result.attack_upper_bound()
+    correct = plain.correct
+    assert upper[0] is None  # the attack at 0.01 did not cover every certified image
+    assert upper[1] == pytest.approx((correct & ~broken_03).float().mean().item())
+    assert upper[2] == pytest.approx((correct & ~(broken_01 | broken_03)).float().mean().item())  # ≤ ε breaks too
+    meta = {"dataset": "d", "model": "m", "reg": "none", "reg_weight": 0.0, "reg_scale": 1.0, "seed": 0}
+    table = result.table(meta)
+    assert math.isnan(table["attack_upper_bound"].iloc[0])
+    assert (table["attack_upper_bound"].iloc[1:] >= table["certified_accuracy"].iloc[1:]).all()
+    assert result.summary()["attack_upper_bound"][0] is None
+    unattacked = plain.table(meta)
+    assert "attack_upper_bound" not in unattacked.columns and "attack_upper_bound" not in plain.summary()
+
+
+def test_a_certificate_an_attack_contradicts_is_withdrawn_and_counted(caplog):
+    """An adversarial example inside a certified ball proves the certificate wrong: it is withdrawn at that ε
+    and every larger one and from the radius, counted and logged as an error (never silently kept)."""
+    model, x, y = trained_tiny()
+    grid = [0.01, 0.03, 0.1]
+    plain = Certifier(method="crown", epsilons=grid, batch_size=64, radius_tolerance=0.05).run(model, x, y)
+    victim = int(plain.certified[1].nonzero()[0, 0])  # certified at 0.03 (and at 0.01)
+    assert plain.radius[victim] >= 0.03
+    broken = {eps: torch.zeros(x.shape[0], dtype=torch.bool) for eps in grid}
+    broken[0.03][victim] = True  # planted: "broken" at 0.03
+    with caplog.at_level("ERROR"):
+        result = Certifier(method="crown", epsilons=grid, batch_size=64, radius_tolerance=0.05).run(model, x, y,
+                                                                                                     broken)
+    assert "UNSOUND" in caplog.text
+    assert bool(result.certified[0, victim]) and not result.certified[1:, victim].any()
+    assert result.contradicted == [0, 1, int(plain.certified[2, victim])]
+    assert result.radius[victim] == pytest.approx(0.01) and result.radius_bound[victim] <= 0.03 + 1e-9
+    others = torch.ones(x.shape[0], dtype=torch.bool)
+    others[victim] = False
+    assert torch.equal(result.certified[:, others], plain.certified[:, others])
+    assert (result.certified[1:] <= result.certified[:-1]).all()  # still monotone in ε
+
+
 def test_ibp_margin_bounds_shrink_as_the_ball_grows():
     model, x, y = trained_tiny()
     layers = certifiable_layers(model)
@@ -464,8 +518,11 @@ def test_summaries_give_certified_accuracy_the_same_statistics_and_leave_other_r
     assert "of 3 paired comparisons" in certified and "2 are above it beyond seed noise" in certified
     assert "median radius (+" not in certified.split("In words")[1]
     # lower and upper bound side by side where both ran (ε=0.03): β=0 certified 40 %, worst case 70 %
-    assert "certified on 50 test images, attacked on 100" in certified and "40.0–70.0 (30.0)" in certified
-    assert "at ε=0.03, in points: β=0 30.0, β=1 30.0." in certified
+    # († : the upper bound is on the 100 attacked images, not the 50 certified: no verdict on the truth)
+    assert "† attacked on 100 instead, so the bracket is not on the same images" in certified
+    assert "40.0–70.0 (30.0)†" in certified and "at ε=0.03, in points: β=0 30.0†, β=1 30.0†." in certified
+    assert "not decided here by certified_crown where it certified the first 50 test images and the attacks " \
+           "ran on 100" in certified and "True robust accuracy at" not in certified
     # both bounds rose together here: no "easier to prove" verdict
     assert ("At ε=0.03, certified_crown certified accuracy is above the reference beyond seed noise for 1 "
             "configuration(s) (β=1 +4.0). The worst-case attack accuracy at the same radius is also above it "
@@ -500,6 +557,41 @@ def test_runs_certified_afterwards_count_like_runs_certified_in_training(tmp_pat
     assert "Certified during training in 0 runs and afterwards by `isorobust certify run=DIR` in 6" in study
     assert ("not distinguishable from it for 1 (β=1 +0.0 [" in study
             and "the models became easier to prove robust at this radius" in study)
+
+
+def test_a_certification_that_attacked_its_own_images_brackets_the_truth_on_them(tmp_path):
+    """certify.json/certified.csv with attack_upper_bound: the summary gains worst_case_first50 rows at the
+    certified radii (one per run and ε, the lowest where two certifications cover the same images), the
+    study's bracket is on the same images, and only then does it decide where the brackets do not overlap."""
+    from isorobust.reports.aggregate import summary_frame
+    from isorobust.reports.study import write_study
+    from isorobust.rundir import find_runs
+
+    after = make_sweep(tmp_path / "after", "after")
+    for job, (weight, seed) in enumerate(sorted(CERTIFIED)):
+        path = after / str(job) / "certify" / "certified.csv"
+        table = pd.read_csv(path)
+        table["attack_upper_bound"] = table["certified_accuracy"] + 0.01  # β=0 at 0.01: 0.51 on the same images
+        table.to_csv(path, index=False)
+        if job == 0:  # a second certification of the same 50 images with a weaker attack: the lowest counts
+            other = after / "0" / "certify_ibp"
+            other.mkdir()
+            weaker = table.assign(method="ibp", certified_accuracy=0.0, attack_upper_bound=0.99)
+            weaker.to_csv(other / "certified.csv", index=False)
+    summary = summary_frame(find_runs(after), after)
+    same = summary[summary["attack"] == "worst_case_first50"]
+    assert len(same) == 12 and sorted(same["epsilon"].unique()) == [0.01, 0.03]  # 6 runs × 2 radii, no doubles
+    run0 = same[same["run"] == "0"].set_index("epsilon")["robust_accuracy"]
+    assert run0[0.01] == pytest.approx(0.41) and run0[0.03] == pytest.approx(0.31)
+    study = write_study([after], tmp_path / "docs" / "after.md").markdown
+    certified = study.split("## Certified accuracy")[1].split("\n## ")[0]
+    assert "certified on the first 50 test images and attacked on the same images)" in certified
+    assert "†" not in certified  # every bound on the images certified
+    # β=1's lower bound at 0.01 (mean 0.54) is above β=0's upper bound on the same images (0.51): decided
+    assert ("True robust accuracy at ε=0.01 on the first 50 test images (certified_crown lower bounds, "
+            "worst-case attack upper bounds on the same images, means over seeds): proved higher than β=0's "
+            "for 1 (lower bound above its upper bound: β=1 (54.0 > 51.0))") in certified
+    assert "not decided here by certified_crown" not in certified
 
 
 def test_every_method_certified_afterwards_gets_its_own_rows_in_summaries_and_study_reports(tmp_path):
@@ -582,7 +674,7 @@ def certified_run(tmp_path_factory):
 def test_a_real_run_writes_certified_csv_and_the_certified_column(certified_run):
     _, run_dir, proc = certified_run
     table = pd.read_csv(run_dir / "certified.csv")
-    assert list(table.columns) == CERTIFIED_COLUMNS
+    assert list(table.columns) == [*CERTIFIED_COLUMNS, "attack_upper_bound"]
     assert (table["method"] == "crown").all() and (table["n_samples"] == 200).all()
     assert table["epsilon"].tolist() == [0.003, 0.01, 0.03]
     assert table["certified_accuracy"].is_monotonic_decreasing and table["certified_accuracy"].iloc[0] > 0.3
@@ -598,6 +690,11 @@ def test_a_real_run_writes_certified_csv_and_the_certified_column(certified_run)
     worst = robustness[robustness["attack"] == "worst_case"].set_index("epsilon")["robust_accuracy"]
     for _, row in table[table["epsilon"].isin(worst.index)].iterrows():
         assert row["certified_accuracy"] <= worst[row["epsilon"]]
+    # the run's attacks covered the 200 certified images at 0.01 and 0.03: its worst case is the same-image bound
+    same = table.set_index("epsilon")["attack_upper_bound"]
+    assert math.isnan(same[0.003]) and same[0.01] == pytest.approx(worst[0.01]) and same[0.03] == pytest.approx(
+        worst[0.03])
+    assert "certified and attacked on the first 200 test samples" in md
 
 
 @requires_mnist
@@ -627,8 +724,14 @@ def test_the_certify_command_writes_beside_the_run_and_repeats_the_runs_numbers(
                    cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again, own = pd.read_csv(run_dir / "certify" / "certified.csv"), pd.read_csv(run_dir / "certified.csv")
-    pd.testing.assert_frame_equal(again, own)  # same model, same settings: the same table
+    pd.testing.assert_frame_equal(again[CERTIFIED_COLUMNS], own[CERTIFIED_COLUMNS])  # same model and settings
+    # its own attack (apgd) on the same 200 images at every certified radius: the upper bound beside the lower
+    assert again["attack_upper_bound"].notna().all()
+    assert (again["attack_upper_bound"] >= again["certified_accuracy"]).all()
+    assert (again["attack_upper_bound"] <= again["clean_accuracy"]).all()
     record = json.loads((run_dir / "certify" / "certify.json").read_text())
+    assert list(record["certify"]["attacks"]) == ["apgd"] and record["certify"]["attack_seconds"] > 0
+    assert record["certify"]["contradicted"] == [0, 0, 0]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert record["certify"]["median_radius"] == pytest.approx(metrics["certify"]["median_radius"], abs=1e-7)
     assert record["run"] == str(run_dir.resolve()) and "median certified radius" in proc.stdout
@@ -679,7 +782,8 @@ def test_the_certify_command_tightens_with_alpha_crown_and_branch_and_bound(cert
                    f"hydra.run.dir={out}", cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     alpha = pd.read_csv(out / "certified.csv")
-    assert list(alpha.columns) == CERTIFIED_COLUMNS and (alpha["method"] == "alpha_crown").all()
+    assert list(alpha.columns) == [*CERTIFIED_COLUMNS, "attack_upper_bound"]
+    assert (alpha["method"] == "alpha_crown").all()
     assert (alpha["certified_accuracy"].to_numpy() >= own["certified_accuracy"].to_numpy()).all()
     assert (alpha["unknown"] == 0).all()
     record = json.loads((out / "certify.json").read_text())["certify"]

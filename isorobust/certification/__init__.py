@@ -40,7 +40,7 @@ relative error), as in the reference implementations.
 """
 from .alpha_crown import AlphaOptions, alpha_crown_margin_bounds
 from .bab import BabOptions, BabOutcome, branch_and_bound
-from .certifier import CERTIFIED, CERTIFIED_COLUMNS, CERTIFY_METHODS, Certifier, CertifyResult, bracket_note
+from .certifier import ATTACK_UPPER_BOUND, CERTIFIED, CERTIFIED_COLUMNS, CERTIFY_METHODS, Certifier, CertifyResult, bracket_note
 from .crown import crown_margin_bounds
 from .ibp import ibp_layer, ibp_margin_bounds, input_box
 from .network import certifiable_layers, method_label
@@ -49,7 +49,7 @@ from .search import (METHODS, GridSearch, certified_mask, certified_radius, cert
                      margin_bounds, min_margin_bounds)
 
 __all__ = [
-    "AlphaOptions", "BabOptions", "BabOutcome", "CERTIFIED", "CERTIFIED_COLUMNS", "CERTIFY_METHODS", "METHODS",
+    "ATTACK_UPPER_BOUND", "AlphaOptions", "BabOptions", "BabOutcome", "CERTIFIED", "CERTIFIED_COLUMNS", "CERTIFY_METHODS", "METHODS",
     "alpha_crown_margin_bounds", "bracket_note", "branch_and_bound", "CertifyResult", "Certifier", "GridSearch", "certifiable_layers",
     "certified_mask", "certified_radius", "certify_grid", "clean_predictions", "crown_margin_bounds", "ibp_layer",
     "ibp_margin_bounds", "input_box", "margin_bounds", "method_label", "min_margin_bounds", "relaxation",

@@ -1,6 +1,7 @@
 """The ``certify`` config group as an object (``Certifier``) and what one certification produced (``CertifyResult``)."""
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from isorobust.errors import ConfigError
-from isorobust.rundir import finest_level
+from isorobust.rundir import ATTACK_UPPER_BOUND, finest_level
 
 from .alpha_crown import AlphaOptions, alpha_crown_margin_bounds
 from .bab import FALSIFIED, VERIFIED, BabOptions, branch_and_bound
@@ -20,6 +21,7 @@ from .network import certifiable_layers, method_label
 from .search import GridSearch, certified_radius, certify_grid, clean_predictions, in_batches
 
 CERTIFY_METHODS = ("ibp", "crown", "alpha_crown", "bab")
+log = logging.getLogger(__name__)
 
 
 CERTIFIED_COLUMNS = [
@@ -31,27 +33,37 @@ CERTIFIED = "certified"  # the column of robustness.md
 
 def bracket_note(attacks: pd.DataFrame, certified: pd.DataFrame) -> str:
     """Lines for robustness.md: at each L∞ radius where both sides ran, certified accuracy (a lower bound) –
-    the strongest attack's robust accuracy (an upper bound) and the width left between them; for branch and
-    bound the share it left unknown. ``attacks``: robustness rows (attack, norm, epsilon, robust_accuracy);
-    ``certified``: certified.csv's rows. Empty where no radius is shared."""
+    the share no attack broke (an upper bound) and the width left between them; for branch and bound the
+    share it left unknown. The upper bound is on the certified images themselves where certified.csv has it
+    (``attack_upper_bound``), else the worst case on the attacked ones. ``attacks``: robustness rows
+    (attack, norm, epsilon, robust_accuracy); ``certified``: certified.csv's rows. Empty where no radius is
+    shared."""
     linf = attacks[attacks["norm"] == "linf"]
     linf = finest_level(linf)  # hierarchical: the certified classifier is the finest level's
-    lines = []
+    lines, elsewhere = [], False
     for _, row in certified.iterrows():
+        same = row.get(ATTACK_UPPER_BOUND)
         at = linf[(linf["epsilon"] - row["epsilon"]).abs() <= 1e-12]
-        if at.empty:
+        if same is not None and not pd.isna(same):
+            upper, where = float(same), "on the same images"
+        elif not at.empty:
+            upper, where = at["robust_accuracy"].min(), ""  # the worst case, else the strongest attack
+            elsewhere = True
+        else:
             continue
-        upper = at["robust_accuracy"].min()  # the worst case where it exists, else the strongest attack
         lower = float(row["certified_accuracy"])
         text = (f"ε={row['epsilon']:g}: {100 * lower:.2f} % certified – {100 * upper:.2f} % not broken by any "
-                f"attack: the truth lies between, {100 * (upper - lower):.2f} points apart")
+                f"attack{' ' + where if where else ''}: the truth lies between, {100 * (upper - lower):.2f} "
+                "points apart")
         if row.get("method") == "bab" and "unknown" in row:
             text += f"; branch and bound left {100 * float(row['unknown']):.2f} % unknown"
         lines.append(text)
     if not lines:
         return ""
-    return "- bracket (certified on the first " + f"{int(certified['n_samples'].iloc[0])} test samples, attacked on " \
-        + f"{int(linf['n_samples'].max())}): " + "; ".join(lines) + "\n"
+    n = int(certified["n_samples"].iloc[0])
+    where = (f"certified on the first {n} test samples, attacked on {int(linf['n_samples'].max())}" if elsewhere
+             else f"certified and attacked on the first {n} test samples")
+    return f"- bracket ({where}): " + "; ".join(lines) + "\n"
 
 
 @dataclass
@@ -70,6 +82,9 @@ class CertifyResult:
     seconds: float = 0.0
     falsified: Tensor | None = None  # (E, N) bool, bab: a counterexample in the ball (misclassified: at every ε)
     tightened: dict[str, Any] | None = None  # alpha_crown/bab: per ε, what ran on how many images (the note)
+    broken: Tensor | None = None  # (E, N) bool: an attack broke the image at a radius ≤ ε (misclassified too)
+    attacked: list[bool] | None = None  # per ε: attacks covering all N images ran at exactly this ε
+    contradicted: list[int] | None = None  # per ε: images a bound certified but an attack broke, withdrawn
 
     @property
     def n_samples(self) -> int:
@@ -81,6 +96,15 @@ class CertifyResult:
 
     def certified_accuracy(self) -> list[float]:
         return [m.float().mean().item() for m in self.certified]
+
+    def attack_upper_bound(self) -> list[float | None]:
+        """Per ε, the share of these same images no attack broke (an upper bound on the true robust accuracy,
+        where the certified accuracy is the lower one); None where the attacks did not run at that ε on all
+        of them."""
+        if self.broken is None or self.attacked is None:
+            return [None] * len(self.epsilons)
+        return [(self.correct & ~b).float().mean().item() if ran else None
+                for b, ran in zip(self.broken, self.attacked)]
 
     def unknown(self) -> list[float]:
         """Per ε, the share neither verified nor falsified (bab); 0 for methods that only prove."""
@@ -98,6 +122,10 @@ class CertifyResult:
         rows = [{**meta, "method": self.method, "epsilon": eps, "n_samples": self.n_samples,
                  "clean_accuracy": self.clean_accuracy, "certified_accuracy": acc, "unknown": unknown}
                 for eps, acc, unknown in zip(self.epsilons, self.certified_accuracy(), self.unknown())]
+        upper = self.attack_upper_bound()
+        if any(u is not None for u in upper):  # the bracket on the same images (NaN where no attack ran)
+            for row, u in zip(rows, upper):
+                row[ATTACK_UPPER_BOUND] = float("nan") if u is None else u
         frame = pd.DataFrame(rows)
         return frame[CERTIFIED_COLUMNS + [c for c in frame.columns if c not in CERTIFIED_COLUMNS]]
 
@@ -112,6 +140,9 @@ class CertifyResult:
         }
         if self.falsified is not None:
             out["unknown"] = self.unknown()
+        if self.attacked is not None:
+            out[ATTACK_UPPER_BOUND] = self.attack_upper_bound()
+            out["contradicted"] = self.contradicted
         if self.tightened is not None:
             out["tightened"] = self.tightened
         if self.radius is not None:
@@ -265,8 +296,8 @@ class Certifier:
                     radius, bound, more = self._radii(layers, x, y, correct, grid, base)
                     evaluations += more
             certified, falsified, tightened = grid.certified, None, None
+            attacked = self._broken(broken, n, x.device)
             if self.method in ("alpha_crown", "bab"):
-                attacked = self._broken(broken, n, x.device)
                 certified, tightened = self._alpha(layers, x, y, correct, certified.clone(), attacked)
                 if self.method == "bab":
                     certified, falsified = self._branch(model, layers, x, y, correct, certified, attacked, tightened)
@@ -276,11 +307,42 @@ class Certifier:
                     raised = proved > radius
                     radius = torch.where(raised, proved, radius)
                     bound = torch.where(raised, torch.maximum(bound, proved), bound)
+            contradicted = None
+            if attacked is not None:
+                certified, radius, bound, contradicted = self._withdraw_contradicted(certified, radius, bound,
+                                                                                     attacked)
         finally:
             model.train(was_training)
+        covered = None if not broken else [
+            any(abs(r - eps) <= 1e-12 and hit.shape[0] >= n for r, hit in broken.items()) for eps in self.epsilons]
         return CertifyResult(method_label(layers, self.method), list(self.epsilons), correct, certified,
                              radius, bound, self.radius_tolerance, self.radius_floor, evaluations,
-                             time.perf_counter() - t0, falsified, tightened)
+                             time.perf_counter() - t0, falsified, tightened,
+                             None if attacked is None else torch.stack(attacked), covered, contradicted)
+
+    def _withdraw_contradicted(self, certified: Tensor, radius: Tensor | None, bound: Tensor | None,
+                               attacked: list[Tensor]) -> tuple[Tensor, Tensor | None, Tensor | None, list[int]]:
+        """An image an attack broke inside a ball its bound certified is a bug in the bound (or a margin within
+        rounding of 0): the adversarial example is the proof, so the certificate is withdrawn there, at every
+        larger ε (the breaks are monotone in ε) and from its radius, and the count is kept and logged as an
+        error. Never expected; the soundness tests hold it at zero."""
+        broke = torch.stack(attacked)
+        clash = certified & broke
+        counts = [int(c) for c in clash.sum(dim=1)]
+        if not any(counts):
+            return certified, radius, bound, counts
+        log.error("UNSOUND: %s image(s) certified at an ε where an attack broke them (per ε %s: %s); the "
+                  "certificates are withdrawn. Please report this with the run.", sum(counts), self.epsilons, counts)
+        certified = certified & ~broke
+        if radius is not None:
+            points = torch.tensor(self.epsilons, dtype=radius.dtype, device=radius.device)
+            hit = clash.any(dim=0)
+            first_broken = torch.where(broke, points[:, None], torch.full_like(broke, 2.0, dtype=radius.dtype)
+                                       ).amin(dim=0)
+            proved = (certified.to(radius.dtype) * points[:, None]).amax(dim=0)
+            radius = torch.where(hit, proved, radius)
+            bound = torch.where(hit, torch.minimum(bound, first_broken), bound)
+        return certified, radius, bound, counts
 
     def _broken(self, broken: Mapping[float, Tensor] | None, n: int, device: torch.device) -> list[Tensor] | None:
         """Per certify ε, the samples an attack broke at a radius ≤ ε (a point of a smaller ball lies in the

@@ -11,6 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from isorobust import rundir
+from isorobust.attacks.sweep import robustness_table
+from isorobust.certification import ATTACK_UPPER_BOUND
 from isorobust.checks import CheckSettings
 from isorobust.config import resolve_device
 from isorobust.errors import ConfigError, IsorobustError
@@ -151,15 +153,21 @@ def check(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def certify(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
-    """The ``isorobust certify`` job: certified bounds of a saved run's model (or an external one), nothing else.
+    """The ``isorobust certify`` job: certified bounds of a saved run's model (or an external one), bracketed by
+    an attack on the same images.
 
-    Writes certified.csv and certify.json (the summary with the median radius) to this command's directory,
-    by default ``<run>/certify/``, where sweep summaries and study reports find it for runs trained without
-    ``certify=``.
+    The command's ``attack`` (default apgd) runs first on the images certified, at ``certify.epsilons``: what it
+    breaks is certified.csv's upper bound on those images (``attack_upper_bound``), alpha_crown and bab skip it,
+    and no certificate may contradict it (``Certifier.run``). Writes certified.csv and certify.json (the summary
+    with the median radius) to this command's directory, by default ``<run>/certify/``, where sweep summaries and
+    study reports find it for runs trained without ``certify=``.
     """
     saved = SavedRun.from_command(cfg)
     merged = OmegaConf.merge(saved.config, {"device": cfg.device})
     merged.certify = cfg.certify
+    merged.attack = cfg.get("attack")  # the command's, not the run's: a bracket at the certified radii
+    if cfg.get("seed") is not None:
+        merged.seed = cfg.seed
     validate_all(merged)
     apply_threads(cfg.get("threads"))
     device = resolve_device(merged.device)
@@ -167,9 +175,22 @@ def certify(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     if certifier is None:
         raise ConfigError("certify=null: choose certify=crown or certify=ibp")
     certifier.layers(saved.model)
+    attacks = build_attacks(merged.attack) if merged.attack else {}
     data = saved.test_data(merged.dataset, device)
-    result, frame = certify_split(certifier, saved.model.to(device), data.test, run_meta(merged))
-    rundir.write_certification(out_dir, frame, result.summary(), result.seconds, saved.source, environment(device))
-    shown = frame[["method", "epsilon", "n_samples", "clean_accuracy", "certified_accuracy"]]
+    model, meta = saved.model.to(device), run_meta(merged)
+    broken: dict[float, Any] | None = None
+    bracket: dict[str, Any] = {}
+    if attacks:
+        broken, t0 = {}, time.perf_counter()
+        n = data.test.x.shape[0] if certifier.n_samples is None else min(certifier.n_samples, data.test.x.shape[0])
+        robustness_table(model, data.test, attacks, certifier.epsilons, n, int(merged.eval.batch_size),
+                         int(merged.seed), meta, broken=broken)
+        bracket = {"attacks": {name: a.describe() for name, a in attacks.items()},
+                   "attack_seconds": time.perf_counter() - t0}
+    result, frame = certify_split(certifier, model, data.test, meta, broken)
+    rundir.write_certification(out_dir, frame, {**result.summary(), **bracket}, result.seconds, saved.source,
+                               environment(device))
+    shown = frame[[c for c in ("method", "epsilon", "n_samples", "clean_accuracy", "certified_accuracy",
+                               ATTACK_UPPER_BOUND) if c in frame.columns]]
     print(shown.to_string(index=False) + f"\nmedian certified radius: {result.median_radius}", flush=True)
     return frame

@@ -83,12 +83,43 @@ def certified_rows(certified: pd.DataFrame, table: pd.DataFrame, attack: str | N
 def with_certified(run: Path, table: pd.DataFrame) -> pd.DataFrame:
     """robustness.csv's rows plus, for each certification of the run (``rundir.certifications``), one row
     per ε with attack ``certified_<method>`` and the certified accuracy as ``robust_accuracy``: every
-    statistic over seeds and every paired difference then covers the lower bounds as it covers the attacks."""
+    statistic over seeds and every paired difference then covers the lower bounds as it covers the attacks.
+    Where a certification attacked its own images first, that upper bound joins too (``with_same_image_upper``)."""
     found = rundir.certifications(run)
     if not found:
         return table
-    frames = [certified_rows(c.table(), table) for c in found]
-    return pd.concat([table, *frames], ignore_index=True)
+    tables = [c.table() for c in found]
+    return pd.concat([with_same_image_upper(table, tables), *(certified_rows(t, table) for t in tables)],
+                     ignore_index=True)
+
+
+def with_same_image_upper(table: pd.DataFrame, certified: list[pd.DataFrame]) -> pd.DataFrame:
+    """``table`` (robustness rows) with the certifications' ``attack_upper_bound`` as ``worst_case_first<N>``
+    rows: the worst case over the attacks on the N images certified, at the radii certified, so that a bracket
+    can be read on the same images. One row per (N, ε), the lowest of the certifications' and of a row the
+    table already has there (which it replaces); none where the run's own attacks covered exactly those N
+    images at that ε (its ``worst_case`` is that bound)."""
+    column = rundir.ATTACK_UPPER_BOUND
+    parts = [t.dropna(subset=[column]) for t in certified if column in t.columns]
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return table
+    bounds = pd.concat(parts, ignore_index=True)
+    bounds = bounds.loc[bounds.groupby(["n_samples", "epsilon"])[column].idxmin()]
+    worst = table[table["attack"] == rundir.WORST_CASE]
+    rows = []
+    for _, bound in bounds.iterrows():
+        n, eps = int(bound["n_samples"]), float(bound["epsilon"])
+        if (((worst["epsilon"] - eps).abs() <= 1e-12) & (worst["n_samples"] == n)).any():
+            continue
+        name = f"{rundir.WORST_CASE}_first{n}"
+        there = (table["attack"] == name) & ((table["epsilon"] - eps).abs() <= 1e-12)
+        value = min([float(bound[column]), *table.loc[there, "robust_accuracy"].astype(float)])
+        table = table[~there]
+        row = certified_rows(bound.to_frame().T.infer_objects(), table, attack=name)
+        row["robust_accuracy"] = value
+        rows.append(row)
+    return pd.concat([table, *rows], ignore_index=True)
 
 
 def certify_summary(run: Path) -> dict[str, Any] | None:

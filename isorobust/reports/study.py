@@ -338,29 +338,48 @@ def verifiability_sentences(summary: pd.DataFrame, reference: pd.Series, certifi
     return out
 
 
+def upper_bound_on(attacks: pd.DataFrame, config: tuple, eps: float, low: pd.Series) -> tuple[pd.Series | None, bool]:
+    """The upper bound a certified aggregate row ``low`` is bracketed by at ``eps``, and whether it covers the
+    same images: the worst case on its first N images (``worst_case_first<N>``, from the run's attacks or the
+    certification's own), else the worst case on the whole attacked set (the same images only if that is
+    N too)."""
+    n = int(low["n_samples"])
+    same = _value(attacks, config, f"{WORST_CASE}_first{n}", eps)
+    if same is not None:
+        return same, True
+    whole = _value(attacks, config, WORST_CASE, eps)
+    return whole, whole is not None and int(whole["n_samples"]) == n
+
+
 def truth_sentences(robust: pd.DataFrame, attacks: pd.DataFrame, method: str, radii: list[float],
                     configs: list[tuple], reference_config: tuple | None, labels: dict[tuple, str]) -> list[str]:
-    """Does a configuration raise the *true* robust accuracy over the reference? Only where the brackets do not
-    overlap: its lower bound (``method``) above the reference's upper bound (worst-case attack) proves it
-    higher, its upper bound below the reference's lower bound proves it lower; else it is undecided."""
+    """Does a configuration raise the *true* robust accuracy over the reference? Only where the brackets are
+    on the same images and do not overlap: its lower bound (``method``) above the reference's upper bound
+    (worst-case attack) proves it higher, its upper bound below the reference's lower bound proves it lower;
+    else it is undecided."""
     if reference_config is None or not radii:
         return []
-    certified_n = sorted({int(n) for n in robust["n_samples"]})
-    attacked_n = sorted({int(n) for n in attacks["n_samples"]})
-    if certified_n != attacked_n:  # the first N images are not the whole test split: no comparison across them
-        return [f"Whether a configuration raises the true robust accuracy is not decided here by {method}: it "
-                f"certified the first {', '.join(map(str, certified_n))} test images and the attacks ran on "
-                f"{', '.join(map(str, attacked_n))}; a bracket decides only where both sides cover the same images."]
-    out = []
+    out, elsewhere = [], set()
     for eps in radii:
         ref_low = _value(robust, reference_config, method, eps)
-        ref_high = _value(attacks, reference_config, WORST_CASE, eps)
-        if ref_low is None or ref_high is None:
+        if ref_low is None:
+            continue
+        ref_high, ref_same = upper_bound_on(attacks, reference_config, eps, ref_low)
+        if ref_high is None:
+            continue
+        if not ref_same:
+            elsewhere.add((int(ref_low["n_samples"]), int(ref_high["n_samples"])))
             continue
         higher, lower, open_ = [], [], []
         for config in configs:
-            low, high = _value(robust, config, method, eps), _value(attacks, config, WORST_CASE, eps)
-            if config == reference_config or low is None or high is None:
+            low = _value(robust, config, method, eps)
+            if config == reference_config or low is None:
+                continue
+            high, same = upper_bound_on(attacks, config, eps, low)
+            if high is None:
+                continue
+            if not same or int(low["n_samples"]) != int(ref_low["n_samples"]):
+                elsewhere.add((int(low["n_samples"]), int(high["n_samples"])))
                 continue
             if low["mean"] > ref_high["mean"]:
                 higher.append(f"{labels[config]} ({100 * low['mean']:.1f} > {100 * ref_high['mean']:.1f})")
@@ -379,39 +398,53 @@ def truth_sentences(robust: pd.DataFrame, attacks: pd.DataFrame, method: str, ra
             parts.append(f"proved lower for {len(lower)} ({'; '.join(lower)})")
         if open_:
             parts.append(f"undecided for {len(open_)}, the brackets overlap ({'; '.join(open_)})")
-        out.append(f"True robust accuracy at ε={eps:g} ({method} lower bounds, worst-case attack upper bounds, "
-                   f"means over seeds): " + "; ".join(parts) + ".")
+        out.append(f"True robust accuracy at ε={eps:g} on the first {int(ref_low['n_samples'])} test images "
+                   f"({method} lower bounds, worst-case attack upper bounds on the same images, means over "
+                   "seeds): " + "; ".join(parts) + ".")
+    if elsewhere:
+        certified_n = ", ".join(sorted({str(c) for c, _ in elsewhere}))
+        attacked_n = ", ".join(sorted({str(a) for _, a in elsewhere}))
+        out.append(f"Whether a configuration raises the true robust accuracy is not decided here by {method} where "
+                   f"it certified the first {certified_n} test images and the attacks ran on {attacked_n}: a "
+                   "bracket decides only where both sides cover the same images (`isorobust certify` attacks "
+                   "the images it certifies first).")
     return out
 
 
 def bracketmarkdown(summary: pd.DataFrame, certified: pd.DataFrame, method: str, configs: list[tuple],
-                  labels: dict[tuple, str], reference_config: tuple | None = None) -> tuple[list[str], list[str]]:
+                    labels: dict[tuple, str], reference_config: tuple | None = None) -> tuple[list[str], list[str]]:
     """Where the attacks ran at a radius the method certified too: the truth lies between the certified
-    accuracy (lower bound) and the worst-case attack (upper bound). One cell per configuration and such
-    radius, ``lower–upper (gap)``, means over seeds; and a sentence on the gaps."""
-    attacks = aggregate_robustness(summary[summary["attack"] == WORST_CASE])
+    accuracy (lower bound) and the worst-case attack (upper bound), on the same images where the records
+    have it (``upper_bound_on``). One cell per configuration and such radius, ``lower–upper (gap)``, means
+    over seeds, † where the upper bound is on other images; and a sentence on the gaps."""
+    names = summary["attack"].astype(str)
+    attacks = aggregate_robustness(summary[(names == WORST_CASE) | names.str.startswith(f"{WORST_CASE}_first")])
     robust = aggregate_robustness(certified[certified["attack"] == method])
     radii = sorted({float(e) for e in robust["epsilon"]} & {float(e) for e in attacks["epsilon"]})
-    rows, gaps = [], {eps: [] for eps in radii}
+    rows, gaps, other_images = [], {eps: [] for eps in radii}, set()
     for config in configs:
         cells = []
         for eps in radii:
-            low, high = _value(robust, config, method, eps), _value(attacks, config, WORST_CASE, eps)
+            low = _value(robust, config, method, eps)
+            high, same = (None, False) if low is None else upper_bound_on(attacks, config, eps, low)
             if low is None or high is None:
                 cells.append(MISSING)
                 continue
             gap = 100 * (high["mean"] - low["mean"])
-            gaps[eps].append(f"{labels[config]} {gap:.1f}")
-            cells.append(f"{100 * low['mean']:.1f}–{100 * high['mean']:.1f} ({gap:.1f})")
+            gaps[eps].append(f"{labels[config]} {gap:.1f}" + ("" if same else "†"))
+            cells.append(f"{100 * low['mean']:.1f}–{100 * high['mean']:.1f} ({gap:.1f})" + ("" if same else "†"))
+            if not same:
+                other_images.add(int(high["n_samples"]))
         if any(c != MISSING for c in cells):
             rows.append([labels[config], *cells])
     if not rows:
         return [], []
-    counts = (", ".join(str(n) for n in sorted(robust["n_samples"].unique())),
-              ", ".join(str(n) for n in sorted(attacks["n_samples"].unique())))
+    counts = ", ".join(str(n) for n in sorted(robust["n_samples"].unique()))
+    where = (f"certified on the first {counts} test images and attacked on the same images"
+             + (f"; † attacked on {', '.join(map(str, sorted(other_images)))} instead, so the bracket is not on "
+                "the same images" if other_images else ""))
     lines = ["", f"Bracket at the radii both ran: {method} certified accuracy – worst-case attack accuracy "
-             f"(gap), in %, means over seeds (certified on {counts[0]} test images, attacked on {counts[1]}); "
-             "the true robust accuracy lies in between.", "",
+             f"(gap), in %, means over seeds ({where}); the true robust accuracy lies in between.", "",
              *markdown(["configuration", *(f"ε={eps:g}" for eps in radii)], rows, left=1)]
     said = [f"Gap between {method} and the worst-case attack at ε={eps:g}, in points: {', '.join(g)}."
             for eps, g in gaps.items() if g]
