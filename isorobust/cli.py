@@ -62,6 +62,36 @@ def check_group_overrides(args: list[str]) -> None:
                 fail(f"unknown {group} {name!r} (choose from: {', '.join(known)})")
 
 
+def command_defaults(command: str) -> dict[str, Any]:
+    """The config groups chosen in ``configs/<command>.yaml``'s defaults list (group -> option or None)."""
+    import yaml
+
+    chosen: dict[str, Any] = {}
+    for entry in yaml.safe_load((CONFIG_DIR / f"{command}.yaml").read_text()).get("defaults", []):
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                chosen[key.lstrip("+~").split("@")[0]] = value
+    return chosen
+
+
+def null_group_overrides(command: str, args: list[str]) -> list[str]:
+    """``GROUP=null`` as Hydra takes it: deleting the command's default for that group (``~GROUP``; a list
+    default emptied, ``GROUP=[]``), or nothing where the default is already none (Hydra itself rejects a null
+    group override with a traceback)."""
+    defaults = command_defaults(command)
+    out = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if eq and value.strip() == "null" and key in GROUPS and key in defaults:
+            if isinstance(defaults[key], list):
+                out.append(f"{key}=[]")  # a list default cannot be deleted, only emptied
+            elif defaults[key] is not None:
+                out.append(f"~{key}")
+            continue
+        out.append(arg)
+    return out
+
+
 def check_launcher_overrides(args: list[str]) -> None:
     """Launcher settings Hydra would only reject with a traceback from inside the launcher."""
     for arg in args:
@@ -263,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     check_launcher_overrides(rest)
     check_saved_run(command, rest)
     check_optuna_installed(rest)
+    rest = null_group_overrides(command, rest)
     signal.signal(signal.SIGTERM, _terminate)
     sys.argv = [f"isorobust-{command}", *rest]
     try:

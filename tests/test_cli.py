@@ -31,12 +31,30 @@ def assert_one_line_error(proc, needle: str, run_dir: Path | None = None):
     (["dataset=cifar99"], "unknown dataset 'cifar99'"),
     (["model=resnet999"], "unknown model"),
     (["attack=[fgsm,deepfool9]"], "unknown attack 'deepfool9'"),
+    (["attack=null"], "no attack selected"),  # Hydra alone answers a null group with a traceback
 ])
 def test_bad_train_input(tmp_path, overrides, needle):
     run_dir = tmp_path / "run"
     proc = run_cli("train", *QUICK, *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path,
                    env={"ISOROBUST_DATA": str(tmp_path / "nowhere")})
     assert_one_line_error(proc, needle, run_dir)
+
+
+@pytest.mark.parametrize("command,group,default", [("train", "attack", "fgsm"), ("certify", "attack", "apgd"),
+                                                   ("attack", "attack", None)])
+def test_a_null_group_drops_the_commands_default(tmp_path, command, group, default):
+    """GROUP=null removes what the command's defaults chose for it (``~GROUP``); where they chose nothing, it is
+    a no-op, not a Hydra traceback."""
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("seed: 0\n")  # enough for --cfg job to accept run=
+    run = [] if command == "train" else [f"run={tmp_path}"]
+    plain = run_cli(command, *run, "--cfg", "job", cwd=tmp_path)
+    proc = run_cli(command, *run, f"{group}=null", "--cfg", "job", cwd=tmp_path)
+    assert plain.returncode == 0 and proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    if default is not None:
+        assert f"{default}" in plain.stdout and not OmegaConf.create(proc.stdout).get(group)
+    assert OmegaConf.create(proc.stdout).get(group) is None
 
 
 def test_several_bad_values_in_one_message(tmp_path):

@@ -175,7 +175,8 @@ def certify(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     if certifier is None:
         raise ConfigError("certify=null: choose certify=crown or certify=ibp")
     certifier.layers(saved.model)
-    attacks = build_attacks(merged.attack) if merged.attack else {}
+    chosen = {k: v for k, v in (merged.attack or {}).items() if v is not None}  # attack=null / attack.apgd=null
+    attacks = build_attacks(chosen) if chosen else {}
     data = saved.test_data(merged.dataset, device)
     model, meta = saved.model.to(device), run_meta(merged)
     broken: dict[float, Any] | None = None

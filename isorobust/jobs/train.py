@@ -49,6 +49,7 @@ def train(cfg: DictConfig, run_dir: Path) -> rundir.Metrics:
     device = resolve_device(cfg.device)
     seed = int(cfg.seed)
     meta = run_meta(cfg)
+    attacks = build_attacks(cfg.get("attack"))  # a config error before the data are loaded
     import torch
 
     torch.manual_seed(seed)
@@ -64,7 +65,6 @@ def train(cfg: DictConfig, run_dir: Path) -> rundir.Metrics:
                 raise ConfigError(f"the {r.name} regularizer's layer {exc}") from None
     evaluation = EvalSettings.from_config(cfg.eval)
     evaluation.check_layers(model.num_hidden)
-    attacks = build_attacks(cfg.attack)
     certifier = build_certifier(cfg.get("certify"))
     if certifier is not None:
         certifier.layers(model)  # a model it cannot bound stops here, before training
