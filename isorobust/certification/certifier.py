@@ -208,9 +208,10 @@ class Certifier:
     to a relative ``radius_tolerance`` (null: no radii).
 
     ``alpha_crown``: CROWN first (its grid and radii), then α-CROWN (``alpha``: iterations, lr,
-    intermediate) on the images CROWN did not certify at each ε and the run's attacks did not break.
+    intermediate) on the images CROWN did not certify at each ε and the attacks did not break (the run's, in
+    ``isorobust train``; the command's own on the same images, in ``isorobust certify``).
     ``bab``: that, then branch and bound (``bab``: timeout per image, ...) on what is still open; the
-    images the run's attacks broke count as falsified (a forward pass checked their adversarial example).
+    images the attacks broke count as falsified (a forward pass checked their adversarial example).
     """
 
     method: str = "crown"
@@ -277,8 +278,10 @@ class Certifier:
 
     def run(self, model: nn.Module, x: Tensor, y: Tensor, broken: Mapping[float, Tensor] | None = None) -> CertifyResult:
         """Certify the first ``n_samples`` of (x, y) on the model's device, in eval mode. ``broken``: per
-        attack radius, the samples the run's attacks broke there (the first ones of x; alpha_crown/bab skip
-        them at every ε at least as large)."""
+        attack radius, the samples the attacks broke there (the first ones of x; alpha_crown/bab skip them at
+        every ε at least as large; where they covered all the images certified at exactly a certified ε, the
+        share they left is that ε's upper bound on the same images, ``CertifyResult.attack_upper_bound``; no
+        certificate may contradict them, ``_withdraw_contradicted``)."""
         t0 = time.perf_counter()
         layers = self.layers(model)
         n = x.shape[0] if self.n_samples is None else min(self.n_samples, x.shape[0])
@@ -390,7 +393,7 @@ class Certifier:
         ran = sum(r["alpha_crown_ran_on"] for r in rows)
         note = (f"α-CROWN ({options.iterations} steps, lr {options.lr:g}, hidden layers' boxes "
                 f"{'optimised' if options.intermediate else 'from CROWN'}) ran only where CROWN had not certified"
-                + (" and the run's attacks had not broken the image" if attacked is not None else "")
+                + (" and no attack had broken the image" if attacked is not None else "")
                 + f": {ran} (image, ε) pairs, " + ", ".join(
                     f"ε = {r['epsilon']:g}: {r['alpha_crown_proved']} of {r['alpha_crown_ran_on']} proved"
                     for r in rows))
