@@ -393,7 +393,7 @@ class Certifier:
         ran = sum(r["alpha_crown_ran_on"] for r in rows)
         note = (f"α-CROWN ({options.iterations} steps, lr {options.lr:g}, hidden layers' boxes "
                 f"{'optimised' if options.intermediate else 'from CROWN'}) ran only where CROWN had not certified"
-                + (" and no attack had broken the image" if attacked is not None else "")
+                + (" and the attacks had not broken the image" if attacked is not None else "")
                 + f": {ran} (image, ε) pairs, " + ", ".join(
                     f"ε = {r['epsilon']:g}: {r['alpha_crown_proved']} of {r['alpha_crown_ran_on']} proved"
                     for r in rows))
