@@ -592,6 +592,8 @@ def test_a_certification_that_attacked_its_own_images_brackets_the_truth_on_them
             "worst-case attack upper bounds on the same images, means over seeds): proved higher than β=0's "
             "for 1 (lower bound above its upper bound: β=1 (54.0 > 51.0))") in certified
     assert "not decided here by certified_crown" not in certified
+    conclusion = study.split("## Conclusion")[1].split("\n## ")[0]  # the verdict leads the report too
+    assert "proved higher than β=0's for 1 (lower bound above its upper bound: β=1 (54.0 > 51.0))" in conclusion
 
 
 def test_every_method_certified_afterwards_gets_its_own_rows_in_summaries_and_study_reports(tmp_path):

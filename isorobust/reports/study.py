@@ -215,15 +215,16 @@ def headline(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, st
 
 
 def certifiedmarkdown(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, str],
-                    root: Path | None = None) -> list[str]:
+                      root: Path | None = None) -> tuple[list[str], list[str]]:
     """Certified accuracy (runs made with certify=crown|ibp, or certified afterwards by ``isorobust
     certify``) per configuration and radius, as the headline shows the attacks: mean ± std over seeds and
     the paired difference to the reference [95 % t-interval]; the median certified radius the same way;
-    and a generated sentence on whether any configuration is above the reference beyond seed noise.
-    Empty where no run certified, so such reports stay as they were."""
+    and a generated sentence on whether any configuration is above the reference beyond seed noise. Returns
+    the section's lines and its verdicts on the true robust accuracy (``truth_sentences``, for the study's
+    conclusion). Empty where no run certified, so such reports stay as they were."""
     rows_mask = summary["attack"].astype(str).str.startswith(CERTIFIED_PREFIX)
     if not rows_mask.any():
-        return []
+        return [], []
     certified = summary[rows_mask]
     robust, paired = aggregate_robustness(certified), paired_differences(certified, reference[rows_mask])
     radii = radius_frame(summary, root) if root is not None else pd.DataFrame()
@@ -244,7 +245,7 @@ def certifiedmarkdown(summary: pd.DataFrame, reference: pd.Series, labels: dict[
         lines[-1] += (f" Certified during training in {during} runs and afterwards by `isorobust certify "
                       f"run=DIR` in {after} (records in each run's certify/ or certify_<method>/ folder)"
                       + (f"; {seconds:.0f} s per run on average." if seconds is not None else "."))
-    sentences = []
+    sentences, verdicts = [], []
     for method in sorted(certified["attack"].unique()):
         part = certified[certified["attack"] == method]
         eps_list = [float(e) for e in sorted(part["epsilon"].unique())]
@@ -293,10 +294,11 @@ def certifiedmarkdown(summary: pd.DataFrame, reference: pd.Series, labels: dict[
             sentences.append(text)
         sentences += verifiability_sentences(summary, reference, paired, method, configs, reference_config,
                                              labels)
-        bracket, said = bracketmarkdown(summary, certified, method, configs, labels, reference_config)
+        bracket, said, truth = bracketmarkdown(summary, certified, method, configs, labels, reference_config)
         lines += bracket
-        sentences += said
-    return lines + [""] + [f"In words (generated): {s}" for s in sentences] + ([""] if sentences else [])
+        sentences += said + truth
+        verdicts += truth
+    return lines + [""] + [f"In words (generated): {s}" for s in sentences] + ([""] if sentences else []), verdicts
 
 
 def verifiability_sentences(summary: pd.DataFrame, reference: pd.Series, certified_paired: pd.DataFrame,
@@ -412,11 +414,13 @@ def truth_sentences(robust: pd.DataFrame, attacks: pd.DataFrame, method: str, ra
 
 
 def bracketmarkdown(summary: pd.DataFrame, certified: pd.DataFrame, method: str, configs: list[tuple],
-                    labels: dict[tuple, str], reference_config: tuple | None = None) -> tuple[list[str], list[str]]:
+                    labels: dict[tuple, str], reference_config: tuple | None = None,
+                    ) -> tuple[list[str], list[str], list[str]]:
     """Where the attacks ran at a radius the method certified too: the truth lies between the certified
     accuracy (lower bound) and the worst-case attack (upper bound), on the same images where the records
     have it (``upper_bound_on``). One cell per configuration and such radius, ``lower–upper (gap)``, means
-    over seeds, † where the upper bound is on other images; and a sentence on the gaps."""
+    over seeds, † where the upper bound is on other images; a sentence on the gaps; and the verdicts on the true
+    robust accuracy (``truth_sentences``)."""
     names = summary["attack"].astype(str)
     attacks = aggregate_robustness(summary[(names == WORST_CASE) | names.str.startswith(f"{WORST_CASE}_first")])
     robust = aggregate_robustness(certified[certified["attack"] == method])
@@ -438,7 +442,7 @@ def bracketmarkdown(summary: pd.DataFrame, certified: pd.DataFrame, method: str,
         if any(c != MISSING for c in cells):
             rows.append([labels[config], *cells])
     if not rows:
-        return [], []
+        return [], [], []
     counts = ", ".join(str(n) for n in sorted(robust["n_samples"].unique()))
     where = (f"certified on the first {counts} test images and attacked on the same images"
              + (f"; † attacked on {', '.join(map(str, sorted(other_images)))} instead, so the bracket is not on "
@@ -448,7 +452,7 @@ def bracketmarkdown(summary: pd.DataFrame, certified: pd.DataFrame, method: str,
              *markdown(["configuration", *(f"ε={eps:g}" for eps in radii)], rows, left=1)]
     said = [f"Gap between {method} and the worst-case attack at ε={eps:g}, in points: {', '.join(g)}."
             for eps, g in gaps.items() if g]
-    return lines, said + truth_sentences(robust, attacks, method, radii, configs, reference_config, labels)
+    return lines, said, truth_sentences(robust, attacks, method, radii, configs, reference_config, labels)
 
 
 def autoattack_sentences(robust: pd.DataFrame, configs: list[tuple], radii: list[float],
@@ -576,8 +580,10 @@ def write_study(sweeps: list[str | Path], out: str | Path) -> Report:
                   f"{facts['runs']} complete runs; {wall_time(facts)} "
                   f"({facts['job_minutes']:.1f} min of job time); {facts['device']} on {facts['machine']}, "
                   f"torch {facts['torch']}, torch threads per job {facts['threads']}.{attack_time(facts)}", ""]
-    lines += ["## Conclusion (generated from the paired differences)", "", " ".join(concluded), "",
-              "## Headline", "", *table, "", *certifiedmarkdown(summary, reference, labels, root),
+    certified_lines, verdicts = certifiedmarkdown(summary, reference, labels, root)
+    lines += ["## Conclusion (generated from the paired differences and the certified brackets)", "",
+              " ".join(concluded + verdicts), "",
+              "## Headline", "", *table, "", *certified_lines,
               "## What the numbers say (generated)", "",
               *[f"- {s}" for s in sentences], ""]
     for title, path in images.items():
