@@ -518,9 +518,9 @@ def test_summaries_give_certified_accuracy_the_same_statistics_and_leave_other_r
     assert "of 3 paired comparisons" in certified and "2 are above it beyond seed noise" in certified
     assert "median radius (+" not in certified.split("In words")[1]
     # lower and upper bound side by side where both ran (ε=0.03): β=0 certified 40 %, worst case 70 %
-    # († : the upper bound is on the 100 attacked images, not the 50 certified: no verdict on the truth)
-    assert "† attacked on 100 instead, so the bracket is not on the same images" in certified
-    assert "40.0–70.0 (30.0)†" in certified and "at ε=0.03, in points: β=0 30.0†, β=1 30.0†." in certified
+    # the upper bound is on the 100 attacked images, not the 50 certified: said once, and no verdict on the truth
+    assert "certified on the first 50 test images, attacked on 100: not the same images" in certified
+    assert "40.0–70.0 (30.0)" in certified and "at ε=0.03, in points: β=0 30.0, β=1 30.0." in certified
     assert "not decided here by certified_crown where it certified the first 50 test images and the attacks " \
            "ran on 100" in certified and "True robust accuracy at" not in certified
     # both bounds rose together here: no "easier to prove" verdict
@@ -585,7 +585,7 @@ def test_a_certification_that_attacked_its_own_images_brackets_the_truth_on_them
     assert run0[0.01] == pytest.approx(0.41) and run0[0.03] == pytest.approx(0.31)
     study = write_study([after], tmp_path / "docs" / "after.md").markdown
     certified = study.split("## Certified accuracy")[1].split("\n## ")[0]
-    assert "certified on the first 50 test images and attacked on the same images)" in certified
+    assert "certified on the first 50 test images and attacked on the same images, whose true robust accuracy lies in between)" in certified
     assert "†" not in certified  # every bound on the images certified
     # β=1's lower bound at 0.01 (mean 0.54) is above β=0's upper bound on the same images (0.51): decided
     assert ("True robust accuracy at ε=0.01 on the first 50 test images (certified_crown lower bounds, "

@@ -419,36 +419,48 @@ def bracketmarkdown(summary: pd.DataFrame, certified: pd.DataFrame, method: str,
     """Where the attacks ran at a radius the method certified too: the truth lies between the certified
     accuracy (lower bound) and the worst-case attack (upper bound), on the same images where the records
     have it (``upper_bound_on``). One cell per configuration and such radius, ``lower–upper (gap)``, means
-    over seeds, † where the upper bound is on other images; a sentence on the gaps; and the verdicts on the true
-    robust accuracy (``truth_sentences``)."""
+    over seeds, † where the upper bound is on other images than the rest's (no mark where none is on the same
+    images: the header says so); a sentence on the gaps; and the verdicts on the true robust accuracy
+    (``truth_sentences``)."""
     names = summary["attack"].astype(str)
     attacks = aggregate_robustness(summary[(names == WORST_CASE) | names.str.startswith(f"{WORST_CASE}_first")])
     robust = aggregate_robustness(certified[certified["attack"] == method])
     radii = sorted({float(e) for e in robust["epsilon"]} & {float(e) for e in attacks["epsilon"]})
-    rows, gaps, other_images = [], {eps: [] for eps in radii}, set()
+    found = {}  # (config, ε) -> (lower row, upper row, same images)
     for config in configs:
-        cells = []
         for eps in radii:
             low = _value(robust, config, method, eps)
             high, same = (None, False) if low is None else upper_bound_on(attacks, config, eps, low)
-            if low is None or high is None:
+            if low is not None and high is not None:
+                found[(config, eps)] = (low, high, same)
+    if not found:
+        return [], [], []
+    elsewhere = ", ".join(str(n) for n in sorted({int(h["n_samples"]) for _, h, same in found.values() if not same}))
+    none_same = not any(same for _, _, same in found.values())
+    rows, gaps = [], {eps: [] for eps in radii}
+    for config in configs:
+        cells = []
+        for eps in radii:
+            if (config, eps) not in found:
                 cells.append(MISSING)
                 continue
-            gap = 100 * (high["mean"] - low["mean"])
-            gaps[eps].append(f"{labels[config]} {gap:.1f}" + ("" if same else "†"))
-            cells.append(f"{100 * low['mean']:.1f}–{100 * high['mean']:.1f} ({gap:.1f})" + ("" if same else "†"))
-            if not same:
-                other_images.add(int(high["n_samples"]))
+            low, high, same = found[(config, eps)]
+            gap, mark = 100 * (high["mean"] - low["mean"]), "" if same or none_same else "†"
+            gaps[eps].append(f"{labels[config]} {gap:.1f}{mark}")
+            cells.append(f"{100 * low['mean']:.1f}–{100 * high['mean']:.1f} ({gap:.1f}){mark}")
         if any(c != MISSING for c in cells):
             rows.append([labels[config], *cells])
-    if not rows:
-        return [], [], []
     counts = ", ".join(str(n) for n in sorted(robust["n_samples"].unique()))
-    where = (f"certified on the first {counts} test images and attacked on the same images"
-             + (f"; † attacked on {', '.join(map(str, sorted(other_images)))} instead, so the bracket is not on "
-                "the same images" if other_images else ""))
+    if none_same:
+        where = (f"certified on the first {counts} test images, attacked on {elsewhere}: not the same images, so "
+                 "the true robust accuracy of neither set need lie in between, and the table decides nothing "
+                 "between configurations")
+    else:
+        where = (f"certified on the first {counts} test images and attacked on the same images, whose true robust "
+                 "accuracy lies in between" + (f"; † attacked on {elsewhere} instead, not the same images"
+                                               if elsewhere else ""))
     lines = ["", f"Bracket at the radii both ran: {method} certified accuracy – worst-case attack accuracy "
-             f"(gap), in %, means over seeds ({where}); the true robust accuracy lies in between.", "",
+             f"(gap), in %, means over seeds ({where}).", "",
              *markdown(["configuration", *(f"ε={eps:g}" for eps in radii)], rows, left=1)]
     said = [f"Gap between {method} and the worst-case attack at ε={eps:g}, in points: {', '.join(g)}."
             for eps, g in gaps.items() if g]
