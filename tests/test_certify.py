@@ -585,7 +585,8 @@ def test_a_certification_that_attacked_its_own_images_brackets_the_truth_on_them
     assert run0[0.01] == pytest.approx(0.41) and run0[0.03] == pytest.approx(0.31)
     study = write_study([after], tmp_path / "docs" / "after.md").markdown
     certified = study.split("## Certified accuracy")[1].split("\n## ")[0]
-    assert "certified on the first 50 test images and attacked on the same images, whose true robust accuracy lies in between)" in certified
+    assert ("certified on the first 50 test images and attacked on the same images, whose true robust accuracy "
+            "lies in between)") in certified
     assert "†" not in certified  # every bound on the images certified
     # β=1's lower bound at 0.01 (mean 0.54) is above β=0's upper bound on the same images (0.51): decided
     assert ("True robust accuracy at ε=0.01 on the first 50 test images (certified_crown lower bounds, "
