@@ -271,6 +271,46 @@ def model_matmul_seconds(model: torch.nn.Module, batch: int = 1000, repeats: int
     return best
 
 
+def _layout_worker(state: dict, attack: str, x: torch.Tensor, y: torch.Tensor, start, results) -> None:
+    """One of the study layout's processes: one torch thread, the sweep of ``attack`` on (x, y)."""
+    torch.set_num_threads(1)
+    from isorobust.attacks.apgd import APGD
+
+    model = MLP()
+    model.load_state_dict(state)
+    pgd_cfg = OmegaConf.load(HERE.parent / "configs" / "attack" / "pgd.yaml")
+    chosen = APGD() if attack == "apgd" else LinfPGD(**{k: v for k, v in pgd_cfg.items()
+                                                        if not k.startswith("_") and k not in ("epsilons", "n_samples")})
+    counted = CountingModel(model.eval())
+    robust_masks(counted, chosen, x[:50], y[:50], EPSILONS[:2], batch_size=1000, seed=0)  # warm up
+    counted.rows = 0
+    start.wait()
+    t0 = time.perf_counter()
+    robust_masks(counted, chosen, x, y, EPSILONS, batch_size=1000, seed=0)
+    results.put((counted.rows, time.perf_counter() - t0))
+
+
+def study_layout_rate(model: torch.nn.Module, attack: str, x: torch.Tensor, y: torch.Tensor,
+                      processes: int = 2) -> tuple[float, float]:
+    """The machine's attack throughput as the studies use it (hydra's joblib launcher: ``processes`` jobs of one
+    torch thread each): the same sweep in each process at once, started together. Returns (sample·iterations
+    per second summed over the processes, the slowest process's seconds)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    start, results = ctx.Barrier(processes), ctx.Queue()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    workers = [ctx.Process(target=_layout_worker, args=(state, attack, x, y, start, results))
+               for _ in range(processes)]
+    for w in workers:
+        w.start()
+    done = [results.get() for _ in workers]
+    for w in workers:
+        w.join()
+    rows, slowest = sum(r for r, _ in done), max(sec for _, sec in done)
+    return rows / slowest, slowest
+
+
 def mlp_macs_per_iteration(model: torch.nn.Module) -> int:
     """Forward + backward to the input of a stack of linear layers: 2 × the weights' size per sample
     (the attacks need no weight gradients)."""
@@ -323,6 +363,12 @@ def bench_attack_strength(data, n: int, n_autoattack: int) -> list[tuple[str, st
                            f"{counted.rows / sec / limit:.0%} of the binding limit ({binding}), "
                            f"{counted.rows / sec / own:.0%} of the model's own matmul rate; robust accuracy "
                            + " ".join(f"{100 * m.float().mean().item():.1f}" for m in masks) + " %"))
+    for attack in ("pgd", "apgd"):  # the same sweeps as the studies run them: 2 jobs of 1 thread at once
+        rate, sec = study_layout_rate(model, attack, x, y)
+        rows.append((f"{'default PGD' if attack == 'pgd' else 'apgd'} sweep in the studies' layout (2 processes "
+                     f"of 1 torch thread, each the whole sweep on the {n} images, at once)",
+                     f"{sec:.1f} s, {rate:,.0f} sample·iterations/s summed = {rate / limit:.0%} of the binding "
+                     f"limit ({binding}), {rate / own:.0%} of the model's own matmul rate"))
     aa = AutoAttack()
     grid = [0.05, 0.1, 0.2, 0.3]
     xs, ys = data.test.x[:n_autoattack], data.test.y[:n_autoattack]
