@@ -306,6 +306,30 @@ def test_the_attacks_give_the_upper_bound_on_the_same_images_where_they_ran_at_t
     assert "attack_upper_bound" not in unattacked.columns and "attack_upper_bound" not in plain.summary()
 
 
+def test_an_attack_on_fewer_images_gives_no_same_image_bound_for_more():
+    """robustness_table's ``broken`` is as long as the most images an attack covered at a radius: an attack
+    trimmed to the first 40 bounds nothing on the first 100 (the unattacked 60 would count as robust)."""
+    from isorobust.attacks.base import FGSM
+    from isorobust.attacks.sweep import robustness_table
+    from isorobust.data.dataset import Split
+
+    model, x, y = trained_tiny()
+    x, y = x[:100], y[:100]
+    meta = {"dataset": "d", "model": "m", "reg": "none", "reg_weight": 0.0, "reg_scale": 1.0, "seed": 0}
+    certifier = Certifier(method="crown", epsilons=[0.03, 0.1], batch_size=64, radius_tolerance=None)
+    trimmed = {}
+    robustness_table(model, Split(x, y), {"fgsm": FGSM(n_samples=40)}, [0.03, 0.1], None, 100, 0, meta,
+                     progress=False, broken=trimmed)
+    assert {e: h.shape[0] for e, h in trimmed.items()} == {0.03: 40, 0.1: 40}
+    assert certifier.run(model, x, y, trimmed).attack_upper_bound() == [None, None]
+    full = {}
+    robustness_table(model, Split(x, y), {"fgsm": FGSM(n_samples=40), "all": FGSM(epsilons=[0.1])}, [0.03, 0.1],
+                     None, 100, 0, meta, progress=False, broken=full)
+    assert {e: h.shape[0] for e, h in full.items()} == {0.03: 40, 0.1: 100}
+    upper = certifier.run(model, x, y, full).attack_upper_bound()
+    assert upper[0] is None and upper[1] is not None
+
+
 def test_a_certificate_an_attack_contradicts_is_withdrawn_and_counted(caplog):
     """An adversarial example inside a certified ball proves the certificate wrong: it is withdrawn at that ε
     and every larger one and from the radius, counted and logged as an error (never silently kept)."""
@@ -327,6 +351,14 @@ def test_a_certificate_an_attack_contradicts_is_withdrawn_and_counted(caplog):
     others[victim] = False
     assert torch.equal(result.certified[:, others], plain.certified[:, others])
     assert (result.certified[1:] <= result.certified[:-1]).all()  # still monotone in ε
+    # broken at 0.02, between grid points: the radius (≥ 0.03) falls below it, to the grid's 0.01
+    off_grid = {0.02: torch.zeros(x.shape[0], dtype=torch.bool)}
+    off_grid[0.02][victim] = True
+    result = Certifier(method="crown", epsilons=grid, batch_size=64, radius_tolerance=0.05).run(model, x, y,
+                                                                                                 off_grid)
+    assert result.radius_contradicted == 1 and result.radius[victim] == pytest.approx(0.01)
+    assert result.radius_bound[victim] <= 0.02 + 1e-9 and bool(result.certified[0, victim])
+    assert result.contradicted[1] == 1  # the ball of 0.03 holds the example found within 0.02
 
 
 def test_ibp_margin_bounds_shrink_as_the_ball_grows():
@@ -521,8 +553,8 @@ def test_summaries_give_certified_accuracy_the_same_statistics_and_leave_other_r
     # the upper bound is on the 100 attacked images, not the 50 certified: said once, and no verdict on the truth
     assert "certified on the first 50 test images, attacked on 100: not the same images" in certified
     assert "40.0–70.0 (30.0)" in certified and "at ε=0.03, in points: β=0 30.0, β=1 30.0." in certified
-    assert "not decided here by certified_crown where it certified the first 50 test images and the attacks " \
-           "ran on 100" in certified and "True robust accuracy at" not in certified
+    assert "not decided here by certified_crown for β=0, β=1: certified on the first 50 test images, attacked " \
+           "on 100" in certified and "True robust accuracy at" not in certified
     # both bounds rose together here: no "easier to prove" verdict
     assert ("At ε=0.03, certified_crown certified accuracy is above the reference beyond seed noise for 1 "
             "configuration(s) (β=1 +4.0). The worst-case attack accuracy at the same radius is also above it "
@@ -590,11 +622,20 @@ def test_a_certification_that_attacked_its_own_images_brackets_the_truth_on_them
     assert "†" not in certified  # every bound on the images certified
     # β=1's lower bound at 0.01 (mean 0.54) is above β=0's upper bound on the same images (0.51): decided
     assert ("True robust accuracy at ε=0.01 on the first 50 test images (certified_crown lower bounds, "
-            "worst-case attack upper bounds on the same images, means over seeds): proved higher than β=0's "
+            "worst-case attack upper bounds on the same images, means over these seeds' models): proved higher "
+            "than β=0's "
             "for 1 (lower bound above its upper bound: β=1 (54.0 > 51.0))") in certified
     assert "not decided here by certified_crown" not in certified
     conclusion = study.split("## Conclusion")[1].split("\n## ")[0]  # the verdict leads the report too
     assert "proved higher than β=0's for 1 (lower bound above its upper bound: β=1 (54.0 > 51.0))" in conclusion
+    # one β=1 seed certified without attacking: its mean upper bound is over other models than its lower bound's
+    last = after / str(len(CERTIFIED) - 1) / "certify" / "certified.csv"
+    pd.read_csv(last).drop(columns=["attack_upper_bound"]).to_csv(last, index=False)
+    study = write_study([after], tmp_path / "docs" / "after2.md").markdown
+    certified = study.split("## Certified accuracy")[1].split("\n## ")[0]
+    assert "proved higher" not in certified and "54.0–50.0 (-4.0)‡" in certified
+    assert "Not decided by certified_crown for β=1 either: the upper bound on the certified images exists for " \
+           "only some of the seeds" in certified
 
 
 def test_every_method_certified_afterwards_gets_its_own_rows_in_summaries_and_study_reports(tmp_path):

@@ -35,8 +35,9 @@ def robustness_table(
     attack_state: ProgressFolder | None = None,
 ) -> pd.DataFrame:
     """One row per (attack, ε) with the columns of ``TABLE_COLUMNS`` (and ``meta`` filled in). ``broken``,
-    when given, receives per L∞ radius the samples some attack broke there (misclassified included; an
-    attack on the first N only marks those), for certification to skip (``certify=alpha_crown``).
+    when given, receives per L∞ radius the samples some attack broke there (misclassified included), as long
+    as the most samples an attack covered there (an attack on the first N only: N), for certification to skip
+    (``certify=alpha_crown``) and to bound from above on the same images.
     ``costs``, when given, receives one ``AttackCost.record()`` per (attack, ε). ``attack_state``, when
     given, keeps each attack's state after every ε and resumes from it (``attacks.progress``)."""
     x, y = (test.x, test.y) if n_samples is None else (test.x[:n_samples], test.y[:n_samples])
@@ -65,8 +66,12 @@ def robustness_table(
         for eps, mask in zip(grid, masks):
             outcomes.setdefault((attack.norm, float(eps)), []).append((name, mask, clean))
             if broken is not None and attack.norm == "linf":
-                hit = broken.setdefault(float(eps), torch.zeros(x.shape[0], dtype=torch.bool))
+                # as long as the most samples an attack covered at this ε: the length says how many were attacked
+                hit = broken.get(float(eps), torch.zeros(0, dtype=torch.bool))
+                if hit.shape[0] < mask.shape[0]:
+                    hit = torch.cat([hit, torch.zeros(mask.shape[0] - hit.shape[0], dtype=torch.bool)])
                 hit[: mask.shape[0]] |= ~mask.cpu()
+                broken[float(eps)] = hit
     norms = {norm for norm, _ in outcomes}
     n_all = x.shape[0]
     # Worst case per (norm, ε) over every attack that ran there on all samples: the headline. Where an

@@ -44,17 +44,18 @@ def bracket_note(attacks: pd.DataFrame, certified: pd.DataFrame) -> str:
     for _, row in certified.iterrows():
         same = row.get(ATTACK_UPPER_BOUND)
         at = linf[(linf["epsilon"] - row["epsilon"]).abs() <= 1e-12]
+        lower = float(row["certified_accuracy"])
         if same is not None and not pd.isna(same):
-            upper, where = float(same), "on the same images"
+            upper = float(same)
+            text = (f"ε={row['epsilon']:g}: {100 * lower:.2f} % certified – {100 * upper:.2f} % not broken by any "
+                    f"attack on the same images: the truth lies between, {100 * (upper - lower):.2f} points apart")
         elif not at.empty:
-            upper, where = at["robust_accuracy"].min(), ""  # the worst case, else the strongest attack
+            upper = at["robust_accuracy"].min()  # the worst case, else the strongest attack
             elsewhere = True
+            text = (f"ε={row['epsilon']:g}: {100 * lower:.2f} % certified – {100 * upper:.2f} % not broken by any "
+                    f"attack on the attacked images, {100 * (upper - lower):.2f} points apart (not the same images)")
         else:
             continue
-        lower = float(row["certified_accuracy"])
-        text = (f"ε={row['epsilon']:g}: {100 * lower:.2f} % certified – {100 * upper:.2f} % not broken by any "
-                f"attack{' ' + where if where else ''}: the truth lies between, {100 * (upper - lower):.2f} "
-                "points apart")
         if row.get("method") == "bab" and "unknown" in row:
             text += f"; branch and bound left {100 * float(row['unknown']):.2f} % unknown"
         lines.append(text)
@@ -85,6 +86,7 @@ class CertifyResult:
     broken: Tensor | None = None  # (E, N) bool: an attack broke the image at a radius ≤ ε (misclassified too)
     attacked: list[bool] | None = None  # per ε: attacks covering all N images ran at exactly this ε
     contradicted: list[int] | None = None  # per ε: images a bound certified but an attack broke, withdrawn
+    radius_contradicted: int = 0  # images whose certified radius reached a radius an attack broke them at
 
     @property
     def n_samples(self) -> int:
@@ -143,6 +145,7 @@ class CertifyResult:
         if self.attacked is not None:
             out[ATTACK_UPPER_BOUND] = self.attack_upper_bound()
             out["contradicted"] = self.contradicted
+            out["radius_contradicted"] = self.radius_contradicted
         if self.tightened is not None:
             out["tightened"] = self.tightened
         if self.radius is not None:
@@ -310,10 +313,10 @@ class Certifier:
                     raised = proved > radius
                     radius = torch.where(raised, proved, radius)
                     bound = torch.where(raised, torch.maximum(bound, proved), bound)
-            contradicted = None
+            contradicted, radius_contradicted = None, 0
             if attacked is not None:
-                certified, radius, bound, contradicted = self._withdraw_contradicted(certified, radius, bound,
-                                                                                     attacked)
+                certified, radius, bound, contradicted, radius_contradicted = self._withdraw_contradicted(
+                    certified, radius, bound, attacked, broken, n)
         finally:
             model.train(was_training)
         covered = None if not broken else [
@@ -321,31 +324,41 @@ class Certifier:
         return CertifyResult(method_label(layers, self.method), list(self.epsilons), correct, certified,
                              radius, bound, self.radius_tolerance, self.radius_floor, evaluations,
                              time.perf_counter() - t0, falsified, tightened,
-                             None if attacked is None else torch.stack(attacked), covered, contradicted)
+                             None if attacked is None else torch.stack(attacked), covered, contradicted,
+                             radius_contradicted)
 
     def _withdraw_contradicted(self, certified: Tensor, radius: Tensor | None, bound: Tensor | None,
-                               attacked: list[Tensor]) -> tuple[Tensor, Tensor | None, Tensor | None, list[int]]:
+                               attacked: list[Tensor], broken: Mapping[float, Tensor], n: int,
+                               ) -> tuple[Tensor, Tensor | None, Tensor | None, list[int], int]:
         """An image an attack broke inside a ball its bound certified is a bug in the bound (or a margin within
         rounding of 0): the adversarial example is the proof, so the certificate is withdrawn there, at every
-        larger ε (the breaks are monotone in ε) and from its radius, and the count is kept and logged as an
-        error. Never expected; the soundness tests hold it at zero."""
+        larger ε (the breaks are monotone in ε), and a certified radius that reaches any radius an attack broke
+        the image at (grid or not) falls to the largest grid ε still certified below it. The counts are kept
+        and logged as an error. Never expected; the soundness tests hold them at zero."""
         broke = torch.stack(attacked)
         clash = certified & broke
         counts = [int(c) for c in clash.sum(dim=1)]
-        if not any(counts):
-            return certified, radius, bound, counts
-        log.error("UNSOUND: %s image(s) certified at an ε where an attack broke them (per ε %s: %s); the "
-                  "certificates are withdrawn. Please report this with the run.", sum(counts), self.epsilons, counts)
-        certified = certified & ~broke
+        certified = certified & ~broke  # changes nothing where nothing clashed
+        over_radius = 0
         if radius is not None:
             points = torch.tensor(self.epsilons, dtype=radius.dtype, device=radius.device)
-            hit = clash.any(dim=0)
-            first_broken = torch.where(broke, points[:, None], torch.full_like(broke, 2.0, dtype=radius.dtype)
-                                       ).amin(dim=0)
-            proved = (certified.to(radius.dtype) * points[:, None]).amax(dim=0)
-            radius = torch.where(hit, proved, radius)
-            bound = torch.where(hit, torch.minimum(bound, first_broken), bound)
-        return certified, radius, bound, counts
+            limit = torch.full_like(radius, float("inf"))  # per image, the smallest radius an attack broke it at
+            for r, hit in broken.items():
+                m = min(n, hit.shape[0])
+                hit = hit[:m].to(radius.device)
+                limit[:m] = torch.where(hit, torch.clamp(limit[:m], max=float(r)), limit[:m])
+            over = radius >= limit
+            over_radius = int(over.sum())
+            if over_radius:
+                below = certified & (points[:, None] < limit[None, :])
+                proved = (below.to(radius.dtype) * points[:, None]).amax(dim=0)
+                radius = torch.where(over, proved, radius)
+                bound = torch.where(over, torch.minimum(bound, limit), bound)
+        if any(counts) or over_radius:
+            log.error("UNSOUND: certificates contradicted by an attack's adversarial examples (per ε %s: %s; "
+                      "certified radii reaching a broken radius: %s); withdrawn. Please report this with the run.",
+                      self.epsilons, counts, over_radius)
+        return certified, radius, bound, counts, over_radius
 
     def _broken(self, broken: Mapping[float, Tensor] | None, n: int, device: torch.device) -> list[Tensor] | None:
         """Per certify ε, the samples an attack broke at a radius ≤ ε (a point of a smaller ball lies in the

@@ -106,16 +106,18 @@ def with_same_image_upper(table: pd.DataFrame, certified: list[pd.DataFrame]) ->
         return table
     bounds = pd.concat(parts, ignore_index=True)
     bounds = bounds.loc[bounds.groupby(["n_samples", "epsilon"])[column].idxmin()]
-    worst = table[table["attack"] == rundir.WORST_CASE]
+    # a hierarchical model's certified classifier is its finest level: only that level's rows bound it
+    finest = (table[LEVEL] == table[LEVEL].max()) if LEVEL in table.columns else pd.Series(True, index=table.index)
+    worst = table[finest & (table["attack"] == rundir.WORST_CASE)]
     rows = []
     for _, bound in bounds.iterrows():
         n, eps = int(bound["n_samples"]), float(bound["epsilon"])
         if (((worst["epsilon"] - eps).abs() <= 1e-12) & (worst["n_samples"] == n)).any():
             continue
         name = f"{rundir.WORST_CASE}_first{n}"
-        there = (table["attack"] == name) & ((table["epsilon"] - eps).abs() <= 1e-12)
+        there = finest & (table["attack"] == name) & ((table["epsilon"] - eps).abs() <= 1e-12)
         value = min([float(bound[column]), *table.loc[there, "robust_accuracy"].astype(float)])
-        table = table[~there]
+        table, finest = table[~there], finest[~there]
         row = certified_rows(bound.to_frame().T.infer_objects(), table, attack=name)
         row["robust_accuracy"] = value
         rows.append(row)

@@ -17,7 +17,7 @@ import yaml
 
 from isorobust import io, rundir
 from isorobust.errors import IsorobustError
-from isorobust.rundir import WORST_CASE
+from isorobust.rundir import WORST_CASE, finest_level
 from isorobust.reports.aggregate import (
     CERTIFIED_PREFIX, CONFIGURATION, SETTING, aggregate_clean, aggregate_isometry, config_key, config_keys,
     aggregate_robustness, certify_provenance, configuration_labels, isometry_frame, paired_differences,
@@ -340,48 +340,57 @@ def verifiability_sentences(summary: pd.DataFrame, reference: pd.Series, certifi
     return out
 
 
-def upper_bound_on(attacks: pd.DataFrame, config: tuple, eps: float, low: pd.Series) -> tuple[pd.Series | None, bool]:
-    """The upper bound a certified aggregate row ``low`` is bracketed by at ``eps``, and whether it covers the
-    same images: the worst case on its first N images (``worst_case_first<N>``, from the run's attacks or the
-    certification's own), else the worst case on the whole attacked set (the same images only if that is
-    N too)."""
+SAME, OTHER_IMAGES, OTHER_SEEDS = "", "images", "seeds"  # what an upper bound shares with a lower bound
+MARKS = {OTHER_IMAGES: "†", OTHER_SEEDS: "‡"}
+
+
+def upper_bound_on(attacks: pd.DataFrame, config: tuple, eps: float, low: pd.Series) -> tuple[pd.Series | None, str]:
+    """The upper bound a certified aggregate row ``low`` is bracketed by at ``eps``, and what it does not share
+    with it (``SAME``: nothing, the same images of the same models): the worst case on its first N images
+    (``worst_case_first<N>``, from the run's attacks or the certification's own), else the worst case on the
+    whole attacked set (``OTHER_IMAGES`` unless that is N too); ``OTHER_SEEDS`` where the mean is over other
+    runs than the lower bound's. ``attacks``: aggregates of the finest level's rows."""
     n = int(low["n_samples"])
-    same = _value(attacks, config, f"{WORST_CASE}_first{n}", eps)
-    if same is not None:
-        return same, True
-    whole = _value(attacks, config, WORST_CASE, eps)
-    return whole, whole is not None and int(whole["n_samples"]) == n
+    high = _value(attacks, config, f"{WORST_CASE}_first{n}", eps)
+    if high is None:
+        high = _value(attacks, config, WORST_CASE, eps)
+        if high is None or int(high["n_samples"]) != n:
+            return high, OTHER_IMAGES
+    return high, SAME if high["seeds"] == low["seeds"] else OTHER_SEEDS
 
 
 def truth_sentences(robust: pd.DataFrame, attacks: pd.DataFrame, method: str, radii: list[float],
                     configs: list[tuple], reference_config: tuple | None, labels: dict[tuple, str]) -> list[str]:
-    """Does a configuration raise the *true* robust accuracy over the reference? Only where the brackets are
-    on the same images and do not overlap: its lower bound (``method``) above the reference's upper bound
-    (worst-case attack) proves it higher, its upper bound below the reference's lower bound proves it lower;
-    else it is undecided."""
+    """Does a configuration raise the *true* robust accuracy over the reference? Only where both brackets are on
+    the same images, each of the same models, and do not overlap: its lower bound (``method``) above the
+    reference's upper bound (worst-case attack) proves it higher, its upper bound below the reference's lower
+    bound proves it lower; else it is undecided."""
     if reference_config is None or not radii:
         return []
-    out, elsewhere = [], set()
+    out, skipped = [], {OTHER_IMAGES: set(), OTHER_SEEDS: set(), "n": set()}
+    ref_n = None
     for eps in radii:
         ref_low = _value(robust, reference_config, method, eps)
         if ref_low is None:
             continue
-        ref_high, ref_same = upper_bound_on(attacks, reference_config, eps, ref_low)
+        ref_high, ref_why = upper_bound_on(attacks, reference_config, eps, ref_low)
         if ref_high is None:
             continue
-        if not ref_same:
-            elsewhere.add((int(ref_low["n_samples"]), int(ref_high["n_samples"])))
+        ref_n = int(ref_low["n_samples"])
+        if ref_why != SAME:  # nothing to compare with: every configuration is undecided at this ε
+            skipped[ref_why] |= {(labels[c], ref_n, int(ref_high["n_samples"])) for c in configs
+                                 if _value(robust, c, method, eps) is not None}
             continue
         higher, lower, open_ = [], [], []
         for config in configs:
             low = _value(robust, config, method, eps)
             if config == reference_config or low is None:
                 continue
-            high, same = upper_bound_on(attacks, config, eps, low)
+            high, why = upper_bound_on(attacks, config, eps, low)
             if high is None:
                 continue
-            if not same or int(low["n_samples"]) != int(ref_low["n_samples"]):
-                elsewhere.add((int(low["n_samples"]), int(high["n_samples"])))
+            if why != SAME or int(low["n_samples"]) != ref_n:
+                skipped[why or "n"].add((labels[config], int(low["n_samples"]), int(high["n_samples"])))
                 continue
             if low["mean"] > ref_high["mean"]:
                 higher.append(f"{labels[config]} ({100 * low['mean']:.1f} > {100 * ref_high['mean']:.1f})")
@@ -400,16 +409,26 @@ def truth_sentences(robust: pd.DataFrame, attacks: pd.DataFrame, method: str, ra
             parts.append(f"proved lower for {len(lower)} ({'; '.join(lower)})")
         if open_:
             parts.append(f"undecided for {len(open_)}, the brackets overlap ({'; '.join(open_)})")
-        out.append(f"True robust accuracy at ε={eps:g} on the first {int(ref_low['n_samples'])} test images "
-                   f"({method} lower bounds, worst-case attack upper bounds on the same images, means over "
-                   "seeds): " + "; ".join(parts) + ".")
-    if elsewhere:
-        certified_n = ", ".join(sorted({str(c) for c, _ in elsewhere}))
-        attacked_n = ", ".join(sorted({str(a) for _, a in elsewhere}))
-        out.append(f"Whether a configuration raises the true robust accuracy is not decided here by {method} where "
-                   f"it certified the first {certified_n} test images and the attacks ran on {attacked_n}: a "
-                   "bracket decides only where both sides cover the same images (`isorobust certify` attacks "
-                   "the images it certifies first).")
+        out.append(f"True robust accuracy at ε={eps:g} on the first {ref_n} test images ({method} lower bounds, "
+                   "worst-case attack upper bounds on the same images, means over these seeds' models): "
+                   + "; ".join(parts) + ".")
+
+    def names(cases: set) -> str:
+        return ", ".join(sorted({label for label, _, _ in cases}))
+
+    if skipped[OTHER_IMAGES]:
+        certified_n = ", ".join(sorted({str(c) for _, c, _ in skipped[OTHER_IMAGES]}))
+        attacked_n = ", ".join(sorted({str(a) for _, _, a in skipped[OTHER_IMAGES]}))
+        out.append(f"Whether a configuration raises the true robust accuracy is not decided here by {method} for "
+                   f"{names(skipped[OTHER_IMAGES])}: certified on the first {certified_n} test images, attacked on "
+                   f"{attacked_n}; a bracket decides only where both sides cover the same images (`isorobust "
+                   "certify` attacks the images it certifies first).")
+    if skipped[OTHER_SEEDS]:
+        out.append(f"Not decided by {method} for {names(skipped[OTHER_SEEDS])} either: the upper bound on the "
+                   "certified images exists for only some of the seeds whose lower bound is averaged.")
+    if skipped["n"]:
+        out.append(f"Not compared with {labels[reference_config]} (certified on the first {ref_n} test images): "
+                   f"{names(skipped['n'])}, certified on another number of images.")
     return out
 
 
@@ -417,26 +436,29 @@ def bracketmarkdown(summary: pd.DataFrame, certified: pd.DataFrame, method: str,
                     labels: dict[tuple, str], reference_config: tuple | None = None,
                     ) -> tuple[list[str], list[str], list[str]]:
     """Where the attacks ran at a radius the method certified too: the truth lies between the certified
-    accuracy (lower bound) and the worst-case attack (upper bound), on the same images where the records
-    have it (``upper_bound_on``). One cell per configuration and such radius, ``lower–upper (gap)``, means
-    over seeds, † where the upper bound is on other images than the rest's (no mark where none is on the same
-    images: the header says so); a sentence on the gaps; and the verdicts on the true robust accuracy
-    (``truth_sentences``)."""
+    accuracy (lower bound) and the worst-case attack (upper bound), on the same images of the same models where
+    the records have it (``upper_bound_on``). One cell per configuration and such radius, ``lower–upper
+    (gap)``, means over seeds, † where the upper bound is on other images, ‡ where it is over other seeds (no
+    mark where no cell is on the same images: the header says so); a sentence on the gaps; and the verdicts on
+    the true robust accuracy (``truth_sentences``)."""
     names = summary["attack"].astype(str)
-    attacks = aggregate_robustness(summary[(names == WORST_CASE) | names.str.startswith(f"{WORST_CASE}_first")])
+    # the certified classifier of a hierarchical model is its finest level: only that level's attacks bound it
+    attacks = aggregate_robustness(finest_level(summary[(names == WORST_CASE)
+                                                        | names.str.startswith(f"{WORST_CASE}_first")]))
     robust = aggregate_robustness(certified[certified["attack"] == method])
     radii = sorted({float(e) for e in robust["epsilon"]} & {float(e) for e in attacks["epsilon"]})
-    found = {}  # (config, ε) -> (lower row, upper row, same images)
+    found = {}  # (config, ε) -> (lower row, upper row, what they do not share)
     for config in configs:
         for eps in radii:
             low = _value(robust, config, method, eps)
-            high, same = (None, False) if low is None else upper_bound_on(attacks, config, eps, low)
+            high, why = (None, OTHER_IMAGES) if low is None else upper_bound_on(attacks, config, eps, low)
             if low is not None and high is not None:
-                found[(config, eps)] = (low, high, same)
+                found[(config, eps)] = (low, high, why)
     if not found:
         return [], [], []
-    elsewhere = ", ".join(str(n) for n in sorted({int(h["n_samples"]) for _, h, same in found.values() if not same}))
-    none_same = not any(same for _, _, same in found.values())
+    elsewhere = ", ".join(str(n) for n in sorted({int(h["n_samples"]) for _, h, why in found.values()
+                                                  if why == OTHER_IMAGES}))
+    none_same = all(why == OTHER_IMAGES for _, _, why in found.values())
     rows, gaps = [], {eps: [] for eps in radii}
     for config in configs:
         cells = []
@@ -444,21 +466,24 @@ def bracketmarkdown(summary: pd.DataFrame, certified: pd.DataFrame, method: str,
             if (config, eps) not in found:
                 cells.append(MISSING)
                 continue
-            low, high, same = found[(config, eps)]
-            gap, mark = 100 * (high["mean"] - low["mean"]), "" if same or none_same else "†"
+            low, high, why = found[(config, eps)]
+            gap, mark = 100 * (high["mean"] - low["mean"]), "" if none_same else MARKS.get(why, "")
             gaps[eps].append(f"{labels[config]} {gap:.1f}{mark}")
             cells.append(f"{100 * low['mean']:.1f}–{100 * high['mean']:.1f} ({gap:.1f}){mark}")
         if any(c != MISSING for c in cells):
             rows.append([labels[config], *cells])
     counts = ", ".join(str(n) for n in sorted(robust["n_samples"].unique()))
+    whys = {why for _, _, why in found.values()}
     if none_same:
         where = (f"certified on the first {counts} test images, attacked on {elsewhere}: not the same images, so "
                  "the true robust accuracy of neither set need lie in between, and the table decides nothing "
                  "between configurations")
     else:
         where = (f"certified on the first {counts} test images and attacked on the same images, whose true robust "
-                 "accuracy lies in between" + (f"; † attacked on {elsewhere} instead, not the same images"
-                                               if elsewhere else ""))
+                 "accuracy lies in between"
+                 + (f"; † attacked on {elsewhere} instead, not the same images" if OTHER_IMAGES in whys else "")
+                 + ("; ‡ the attacks' mean is over other seeds than the certified one's" if OTHER_SEEDS in whys
+                    else ""))
     lines = ["", f"Bracket at the radii both ran: {method} certified accuracy – worst-case attack accuracy "
              f"(gap), in %, means over seeds ({where}).", "",
              *markdown(["configuration", *(f"ε={eps:g}" for eps in radii)], rows, left=1)]
