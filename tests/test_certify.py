@@ -591,6 +591,26 @@ def test_runs_certified_afterwards_count_like_runs_certified_in_training(tmp_pat
             and "the models became easier to prove robust at this radius" in study)
 
 
+def test_a_hierarchical_runs_same_image_bound_is_its_finest_levels():
+    """The certified classifier of a hierarchical model is its finest level: the certification's upper bound
+    joins (and competes with) that level's worst_case_first<N> row only; a coarser level's rows stay as they
+    are and never bound it."""
+    from isorobust.reports.aggregate import with_same_image_upper
+
+    def row(level, attack, n, acc):
+        return {"attack": attack, "norm": "linf", "epsilon": 0.01, "n_samples": n, "level": level,
+                "robust_accuracy": acc, "seed": 0}
+
+    table = pd.DataFrame([row(0, "worst_case", 100, 0.1), row(1, "worst_case", 100, 0.5),
+                          row(0, "worst_case_first50", 50, 0.2), row(1, "worst_case_first50", 50, 0.7)])
+    certified = pd.DataFrame([{"method": "crown", "epsilon": 0.01, "n_samples": 50, "clean_accuracy": 0.9,
+                               "certified_accuracy": 0.4, "attack_upper_bound": 0.65, "seed": 0}])
+    out = with_same_image_upper(table, [certified]).set_index(["level", "attack"])["robust_accuracy"]
+    assert out[(1, "worst_case_first50")] == pytest.approx(0.65)  # the lower of 0.7 and the certification's
+    assert out[(0, "worst_case_first50")] == pytest.approx(0.2)  # the coarse level's own row, untouched
+    assert len(out) == 4
+
+
 def test_a_certification_that_attacked_its_own_images_brackets_the_truth_on_them(tmp_path):
     """certify.json/certified.csv with attack_upper_bound: the summary gains worst_case_first50 rows at the
     certified radii (one per run and ε, the lowest where two certifications cover the same images), the
