@@ -646,6 +646,8 @@ def test_a_certification_that_attacked_its_own_images_brackets_the_truth_on_them
             "than β=0's "
             "for 1 (lower bound above its upper bound: β=1 (54.0 > 51.0))") in certified
     assert "not decided here by certified_crown" not in certified
+    headline = study.split("## Headline")[1].split("\n## ")[0]  # the attacks' radius, not the certifications'
+    assert headline.count("worst ε=") == 1 and "worst ε=0.03" in headline
     conclusion = study.split("## Conclusion")[1].split("\n## ")[0]  # the verdict leads the report too
     assert "proved higher than β=0's for 1 (lower bound above its upper bound: β=1 (54.0 > 51.0))" in conclusion
     # one β=1 seed certified without attacking: its mean upper bound is over other models than its lower bound's

@@ -144,15 +144,19 @@ def headline(summary: pd.DataFrame, reference: pd.Series, labels: dict[tuple, st
              main: set[tuple] | None = None) -> tuple[list[str], list[str], list[str]]:
     """The table a reader looks at first, and sentences generated from it.
 
-    Columns: clean accuracy, then per radius of the trimmed strongest attack (AutoAttack) the
+    Columns: clean accuracy, then per radius of the strongest attack (AutoAttack; else a trimmed one) the
     per-sample worst case over every attack and its paired difference to the reference. Returns
     the table, per-radius sentences and a conclusion (``main``: the main sweep's configurations).
     """
     robust, clean = aggregate_robustness(summary), aggregate_clean(summary)
     paired = paired_differences(summary, reference)
-    attacked = ~summary["attack"].astype(str).str.startswith(CERTIFIED_PREFIX)  # lower bounds: their own grid
+    names = summary["attack"].astype(str)
+    # lower bounds have their own grid; *_first<N> rows restate other attacks (or a certification's) on fewer images
+    attacked = ~names.str.startswith(CERTIFIED_PREFIX) & ~names.str.contains("_first")
+    strongest = summary[names == "autoattack"]
     trimmed = summary[attacked & (summary["n_samples"] < summary["eval_samples"])]
-    radii = (sorted(trimmed["epsilon"].unique()) if not trimmed.empty
+    radii = (sorted(strongest["epsilon"].unique()) if not strongest.empty
+             else sorted(trimmed["epsilon"].unique()) if not trimmed.empty
              else sorted(summary.loc[attacked, "epsilon"].unique())[:4])
     radii = [float(e) for e in radii]
     n_worst = sorted(summary.loc[summary["attack"] == WORST_CASE, "n_samples"].unique())
