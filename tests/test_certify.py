@@ -642,8 +642,8 @@ def test_a_certification_that_attacked_its_own_images_brackets_the_truth_on_them
     assert "†" not in certified  # every bound on the images certified
     # β=1's lower bound at 0.01 (mean 0.54) is above β=0's upper bound on the same images (0.51): decided
     assert ("True robust accuracy at ε=0.01 on the first 50 test images (certified_crown lower bounds, "
-            "worst-case attack upper bounds on the same images, means over these seeds' models): proved higher "
-            "than β=0's "
+            "worst-case attack upper bounds on the same images, means over these seeds' models; a proof about "
+            "these models on these images, not a test across seeds): proved higher than β=0's "
             "for 1 (lower bound above its upper bound: β=1 (54.0 > 51.0))") in certified
     assert "not decided here by certified_crown" not in certified
     headline = study.split("## Headline")[1].split("\n## ")[0]  # the attacks' radius, not the certifications'

@@ -414,8 +414,8 @@ def truth_sentences(robust: pd.DataFrame, attacks: pd.DataFrame, method: str, ra
         if open_:
             parts.append(f"undecided for {len(open_)}, the brackets overlap ({'; '.join(open_)})")
         out.append(f"True robust accuracy at ε={eps:g} on the first {ref_n} test images ({method} lower bounds, "
-                   "worst-case attack upper bounds on the same images, means over these seeds' models): "
-                   + "; ".join(parts) + ".")
+                   "worst-case attack upper bounds on the same images, means over these seeds' models; a proof "
+                   "about these models on these images, not a test across seeds): " + "; ".join(parts) + ".")
 
     def names(cases: set) -> str:
         return ", ".join(sorted({label for label, _, _ in cases}))
