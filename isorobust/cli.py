@@ -25,7 +25,8 @@ commands:
   attack    re-attack a saved run: isorobust attack run=<run dir> [attack=pgd] [eval.epsilons=[...]]
   check     gradient-masking sanity checks of a saved run: isorobust check run=<run dir>
   certify   certified bounds of a saved run: isorobust certify run=<run dir> [certify=ibp|alpha_crown|bab]
-            (writes <run dir>/certify/certified.csv, which sweep summaries and reports pick up)
+            (writes <run dir>/certify/certified.csv, which sweep summaries and reports pick up; the same
+            images are attacked first, attack=apgd by default, for the upper bound beside the lower one)
             attack, check and certify also take a model trained elsewhere instead of run=:
             checkpoint=<state_dict file> model._target_=<module.factory> dataset=<name>
   report    aggregate the runs below a folder: isorobust report outputs/multirun/<date>/<time>
