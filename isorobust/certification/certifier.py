@@ -272,6 +272,10 @@ class Certifier:
         return BabOptions(**{k: (float(v) if k in ("timeout", "lr_alpha", "lr_beta") else v)
                              for k, v in self.bab.items()})
 
+    def count(self, available: int) -> int:
+        """How many of ``available`` test images are certified: the first ``n_samples`` (all where null)."""
+        return available if self.n_samples is None else min(self.n_samples, available)
+
     def layers(self, model: nn.Module) -> list[nn.Module]:
         """The model's layers, or a ConfigError saying why it cannot be certified (before any training)."""
         try:
@@ -287,7 +291,7 @@ class Certifier:
         certificate may contradict them, ``_withdraw_contradicted``)."""
         t0 = time.perf_counter()
         layers = self.layers(model)
-        n = x.shape[0] if self.n_samples is None else min(self.n_samples, x.shape[0])
+        n = self.count(x.shape[0])
         x, y = x[:n], y[:n]
         base = "ibp" if self.method == "ibp" else "crown"
         was_training = model.training

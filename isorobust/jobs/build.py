@@ -69,10 +69,13 @@ def check_hierarchy(cfg: DictConfig) -> None:
         raise ConfigError(f"a hierarchy needs trainer=hierarchical (got trainer={cfg.trainer.get('name')})")
 
 
-def build_attacks(attack_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+def build_attacks(attack_cfg: Mapping[str, Any] | None, required: bool = True) -> dict[str, Any]:
     """The attacks of ``attack``; an entry set to null is dropped (an experiment's way to remove an
-    attack its parent selected)."""
+    attack its parent selected). ``required``: none left is an error (train, attack), else an empty dict
+    (certify, whose attack is optional)."""
     chosen = {name: c for name, c in (attack_cfg or {}).items() if c is not None}
+    if not chosen and not required:
+        return {}
     if not chosen:
         raise ConfigError("no attack selected (use attack=fgsm, attack=pgd or attack=[fgsm,pgd])")
     bare = [name for name, c in chosen.items() if not isinstance(c, Mapping) or "_target_" not in c]

@@ -175,15 +175,14 @@ def certify(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     if certifier is None:
         raise ConfigError("certify=null: choose certify=crown or certify=ibp")
     certifier.layers(saved.model)
-    chosen = {k: v for k, v in (merged.attack or {}).items() if v is not None}  # attack=null / attack.apgd=null
-    attacks = build_attacks(chosen) if chosen else {}
+    attacks = build_attacks(merged.attack, required=False)  # attack=null or attack.apgd=null: none
     data = saved.test_data(merged.dataset, device)
     model, meta = saved.model.to(device), run_meta(merged)
     broken: dict[float, Any] | None = None
     bracket: dict[str, Any] = {}
     if attacks:
         broken, t0 = {}, time.perf_counter()
-        n = data.test.x.shape[0] if certifier.n_samples is None else min(certifier.n_samples, data.test.x.shape[0])
+        n = certifier.count(data.test.x.shape[0])
         robustness_table(model, data.test, attacks, certifier.epsilons, n, int(merged.eval.batch_size),
                          int(merged.seed), meta, broken=broken)
         bracket = {"attacks": {name: a.describe() for name, a in attacks.items()},
